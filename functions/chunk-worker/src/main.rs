@@ -1,0 +1,17 @@
+//! The `chunk-worker` Lambda function: runs one step of one chain per invocation.
+
+use bulk_export_core::job::StepEvent;
+use bulk_export_core::lambda::{init_logging, services_from_env, worker_handler};
+use lambda_runtime::{Error, LambdaEvent, run, service_fn};
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    init_logging();
+    let services = services_from_env().await?;
+    let services = &services;
+    run(service_fn(move |event: LambdaEvent<StepEvent>| async move {
+        let deadline = event.context.deadline;
+        worker_handler(services, event.payload, deadline).await.map_err(Error::from)
+    }))
+    .await
+}

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# The whole test suite, on a fresh machine: installs what the tests need,
+# starts the second-lane servers, and runs every check CI runs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+export CARGO_TERM_COLOR=never
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "tools: moto[server] and cfn-lint from PyPI (in .venv-test)"
+if [ ! -x .venv-test/bin/moto_server ] || [ ! -x .venv-test/bin/cfn-lint ]; then
+  python3 -m venv .venv-test
+  .venv-test/bin/pip install --quiet --disable-pip-version-check 'moto[server]==5.2.5' 'cfn-lint==1.58.0'
+fi
+
+step "cargo fmt --check"
+cargo fmt --all --check
+
+step "cargo clippy --all-targets -- -D warnings"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "cfn-lint template.yaml"
+.venv-test/bin/cfn-lint template.yaml
+
+step "tests, embedded lane (dynoxide + s3s-fs in process)"
+cargo test --workspace --locked -- --test-threads=2
+
+step "tests, moto lane (the same store and S3 tests against moto_server)"
+PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()')
+.venv-test/bin/moto_server -H 127.0.0.1 -p "$PORT" > "$ROOT/target/moto.log" 2>&1 &
+MOTO_PID=$!
+trap 'kill $MOTO_PID 2>/dev/null || true' EXIT
+for _ in $(seq 1 100); do
+  if curl -fs "http://127.0.0.1:$PORT/moto-api/" > /dev/null 2>&1; then break; fi
+  sleep 0.2
+done
+curl -fs "http://127.0.0.1:$PORT/moto-api/" > /dev/null
+AWS_ENDPOINT_URL_DYNAMODB="http://127.0.0.1:$PORT" AWS_ENDPOINT_URL_S3="http://127.0.0.1:$PORT" \
+AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_REGION=us-east-1 \
+  cargo test -p bulk-export-tests --locked --test api --test export_e2e --test duplicate_delivery -- --test-threads=2
+
+step "all checks passed"

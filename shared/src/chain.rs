@@ -1,0 +1,449 @@
+//! One step of a chain: read the committed cursor, pull source pages into one
+//! part, upload it, commit the new cursor with a conditional write, and hand
+//! the next step to the continuation. A duplicated or retried step re-reads
+//! the same cursor and overwrites the same part, so nothing is lost or doubled.
+
+use crate::config::MIN_PART_SIZE;
+use crate::continuation::ContinuationError;
+use crate::export_request::TypeFilter;
+use crate::instant::{now_millis, parse_instant};
+use crate::job::{Chain, ChainState, FileKind, FileRecord, Job, JobStatus, OpenFile, StepEvent, file_name};
+use crate::job_store::StoreError;
+use crate::object_store::ObjectError;
+use crate::outcome::{Severity, operation_outcome};
+use crate::services::ExportServices;
+use crate::source::{PageRequest, SourceError};
+use bytes::Bytes;
+use std::time::Duration;
+use time::OffsetDateTime;
+use tokio::time::Instant;
+
+/// Time kept in reserve before a Lambda deadline to upload and commit.
+const DEADLINE_RESERVE: Duration = Duration::from_secs(20);
+/// Most source pages one step reads (bounds work on long runs of empty pages).
+const MAX_PAGES_PER_STEP: usize = 10_000;
+
+/// What a step did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StepOutcome {
+    /// Committed; the next step was scheduled.
+    Continued,
+    /// The chain finished (done, failed or cancelled).
+    Finished,
+    /// Nothing to do: a duplicate or outdated delivery, or a lost race.
+    Stale,
+}
+
+/// A step failed in a way that may succeed on retry.
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    /// Job store failure.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Object store failure.
+    #[error(transparent)]
+    Objects(#[from] ObjectError),
+    /// The next step could not be scheduled.
+    #[error(transparent)]
+    Continuation(#[from] ContinuationError),
+}
+
+/// The `_lastUpdated` upper bound of a job: `_until` if earlier than the
+/// transaction time, else the transaction time.
+pub fn effective_until(job: &Job) -> OffsetDateTime {
+    let tx = parse_instant(&job.transaction_time).unwrap_or_else(OffsetDateTime::now_utc);
+    match job.request.until.as_deref().and_then(parse_instant) {
+        Some(u) if u < tx => u,
+        _ => tx,
+    }
+}
+
+fn unix_now() -> i64 {
+    OffsetDateTime::now_utc().unix_timestamp()
+}
+
+/// Byte offset just past the first `n` lines of `data`.
+fn offset_after_lines(data: &[u8], n: u64) -> usize {
+    if n == 0 {
+        return 0;
+    }
+    let mut seen = 0;
+    for (i, b) in data.iter().enumerate() {
+        if *b == b'\n' {
+            seen += 1;
+            if seen == n {
+                return i + 1;
+            }
+        }
+    }
+    data.len()
+}
+
+/// Runs one step of one chain.
+pub async fn run_step(svc: &ExportServices, ev: &StepEvent, deadline: Option<Instant>) -> Result<StepOutcome, StepError> {
+    let Some(job) = svc.store.get_job(&ev.job_id).await? else { return Ok(StepOutcome::Stale) };
+    let Some(mut chain) = svc.store.get_chain(&ev.job_id, &ev.chain_id).await? else {
+        return Ok(StepOutcome::Stale);
+    };
+    if chain.state != ChainState::Running || chain.step != ev.step {
+        return Ok(StepOutcome::Stale);
+    }
+    if job.status == JobStatus::Cancelled {
+        return cancel_chain(svc, &job, chain).await;
+    }
+    if job.status.is_terminal() {
+        return Ok(StepOutcome::Stale);
+    }
+    if job.status == JobStatus::Queued {
+        match svc.store.set_job_status(&job, JobStatus::Running, None).await {
+            Ok(()) | Err(StoreError::Conflict) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let span = tracing::info_span!("step", job_id = %job.id, chain = %chain.chain_id, step = chain.step);
+    let _enter = span.enter();
+    let cfg = &svc.config;
+    let since = job.request.since.as_deref().and_then(parse_instant);
+    let until = effective_until(&job);
+    let filters: Vec<TypeFilter> = job
+        .request
+        .type_filters
+        .iter()
+        .filter(|f| f.resource_type == chain.resource_type)
+        .cloned()
+        .collect();
+    let resource_type = chain.resource_type.clone();
+    fn page_request<'a>(
+        resource_type: &'a str,
+        cursor: Option<&'a str>,
+        window: (Option<OffsetDateTime>, OffsetDateTime),
+        filters: &'a [TypeFilter],
+        page_size: usize,
+    ) -> PageRequest<'a> {
+        PageRequest { resource_type, cursor, since: window.0, until: window.1, type_filters: filters, page_size }
+    }
+    let total = if chain.step == 0 && chain.total.is_none() {
+        svc.source.estimate(&page_request(&resource_type, None, (since, until), &filters, cfg.page_size)).await.ok().flatten()
+    } else {
+        chain.total
+    };
+
+    // Roll before appending: a file never grows past the limit.
+    let roll = chain
+        .open_file
+        .as_ref()
+        .is_some_and(|open| open.bytes as usize + cfg.part_size > cfg.max_file_size);
+    let room_before = cfg.max_file_size - chain.open_file.as_ref().map_or(0, |o| o.bytes as usize);
+
+    let mut buf: Vec<u8> = Vec::with_capacity(cfg.part_size + cfg.part_size / 4);
+    let mut count = 0u64;
+    let mut cursor = chain.cursor.clone();
+    let mut skip = chain.skip;
+    let mut exhausted = false;
+    let room = if roll { cfg.max_file_size } else { room_before };
+    for _ in 0..MAX_PAGES_PER_STEP {
+        let page = match svc.source.fetch_page(&page_request(&resource_type, cursor.as_deref(), (since, until), &filters, cfg.page_size)).await {
+            Ok(p) => p,
+            Err(e) => {
+                drop(_enter);
+                return fail_chain(svc, &job, chain, &e).await;
+            }
+        };
+        let start = offset_after_lines(&page.ndjson, skip);
+        let data = &page.ndjson[start..];
+        let lines = page.count.saturating_sub(skip);
+        if buf.len() + data.len() <= room {
+            buf.extend_from_slice(data);
+            count += lines;
+            skip = 0;
+            match page.next {
+                Some(next) => cursor = Some(next),
+                None => {
+                    exhausted = true;
+                    break;
+                }
+            }
+        } else {
+            // Take the lines that fit; the rest of this page starts the next step.
+            let mut take = 0u64;
+            let mut end = 0usize;
+            for (i, b) in data.iter().enumerate() {
+                if *b == b'\n' {
+                    if buf.len() + i + 1 > room {
+                        break;
+                    }
+                    take += 1;
+                    end = i + 1;
+                }
+            }
+            if take == 0 && buf.is_empty() {
+                let e = SourceError::Permanent(format!(
+                    "a {} resource is larger than the file size limit",
+                    chain.resource_type
+                ));
+                drop(_enter);
+                return fail_chain(svc, &job, chain, &e).await;
+            }
+            buf.extend_from_slice(&data[..end]);
+            count += take;
+            skip += take;
+            break;
+        }
+        if buf.len() >= cfg.part_size {
+            break;
+        }
+        if deadline.is_some_and(|d| Instant::now() + DEADLINE_RESERVE >= d) {
+            break;
+        }
+    }
+
+    if roll && let Some(open) = chain.open_file.take() {
+        complete_file(svc, &job, &chain, &open).await?;
+        match svc.store.save_chain(&mut chain).await {
+            Ok(()) => {}
+            Err(StoreError::Conflict) => return Ok(StepOutcome::Stale),
+            Err(e) => return Err(e.into()),
+        }
+    }
+
+    let mut last_part = 0usize;
+    if !buf.is_empty() {
+        if chain.open_file.is_none() && !open_new_file(svc, &job, &mut chain).await? {
+            return Ok(StepOutcome::Stale);
+        }
+        if let Some(open) = chain.open_file.as_mut() {
+            last_part = buf.len();
+            let part_number = open.parts.len() as u32 + 1;
+            let etag = match svc.objects.upload_part(&open.key, &open.upload_id, part_number, Bytes::from(buf)).await {
+                Ok(etag) => etag,
+                // A concurrent duplicate already completed this file.
+                Err(ObjectError::NoSuchUpload) => return Ok(StepOutcome::Stale),
+                Err(e) => return Err(e.into()),
+            };
+            open.parts.push(etag);
+            open.bytes += last_part as u64;
+            open.count += count;
+        }
+    }
+    chain.cursor = cursor;
+    chain.skip = skip;
+    chain.exported += count;
+    chain.total = total;
+    chain.step += 1;
+    chain.heartbeat = unix_now();
+    tracing::info!(resources = count, bytes = last_part, exhausted, "step uploaded");
+
+    // A part under 5 MiB may only be the last of its file.
+    let small_tail = last_part > 0 && last_part < MIN_PART_SIZE;
+    if (exhausted || small_tail)
+        && let Some(open) = chain.open_file.take()
+    {
+        complete_file(svc, &job, &chain, &open).await?;
+    }
+    if exhausted {
+        chain.state = ChainState::Done;
+        match svc.store.finish_chain(&mut chain).await {
+            Ok(()) => {}
+            Err(StoreError::Conflict) => return Ok(StepOutcome::Stale),
+            Err(e) => return Err(e.into()),
+        }
+        maybe_complete_job(svc, &job.id).await?;
+        return Ok(StepOutcome::Finished);
+    }
+    match svc.store.save_chain(&mut chain).await {
+        Ok(()) => {}
+        Err(StoreError::Conflict) => return Ok(StepOutcome::Stale),
+        Err(e) => return Err(e.into()),
+    }
+    svc.continuation
+        .schedule(StepEvent { job_id: job.id.clone(), chain_id: chain.chain_id.clone(), step: chain.step })
+        .await?;
+    Ok(StepOutcome::Continued)
+}
+
+/// Reserves a file number and opens its multipart upload, committing each
+/// so a retried step reuses them. Returns false if another writer won.
+async fn open_new_file(svc: &ExportServices, job: &Job, chain: &mut Chain) -> Result<bool, StepError> {
+    let number = match chain.reserved_number {
+        Some(n) => n,
+        None => {
+            let n = svc.store.next_file_number(&job.id, &chain.resource_type).await?;
+            chain.reserved_number = Some(n);
+            match svc.store.save_chain(chain).await {
+                Ok(()) => {}
+                Err(StoreError::Conflict) => return Ok(false),
+                Err(e) => return Err(e.into()),
+            }
+            n
+        }
+    };
+    let key = format!("{}/{}", job.folder, file_name(&chain.resource_type, number));
+    let upload_id = svc.objects.create_upload(&key).await?;
+    chain.open_file = Some(OpenFile { number, key: key.clone(), upload_id: upload_id.clone(), parts: vec![], bytes: 0, count: 0 });
+    chain.reserved_number = None;
+    match svc.store.save_chain(chain).await {
+        Ok(()) => Ok(true),
+        Err(err) => {
+            let _ = svc.objects.abort_upload(&key, &upload_id).await;
+            match err {
+                StoreError::Conflict => Ok(false),
+                e => Err(e.into()),
+            }
+        }
+    }
+}
+
+/// Completes a file (idempotently) and records it.
+async fn complete_file(svc: &ExportServices, job: &Job, chain: &Chain, open: &OpenFile) -> Result<(), StepError> {
+    match svc.objects.complete_upload(&open.key, &open.upload_id, &open.parts).await {
+        Ok(()) => {}
+        Err(ObjectError::NoSuchUpload) => {
+            // Completed by an earlier attempt of this step: the object must be whole.
+            if svc.objects.object_size(&open.key).await? != Some(open.bytes) {
+                return Err(ObjectError::Backend(format!("upload of {} vanished", open.key)).into());
+            }
+        }
+        Err(e) => return Err(e.into()),
+    }
+    let record = FileRecord {
+        resource_type: chain.resource_type.clone(),
+        number: open.number,
+        key: open.key.clone(),
+        count: open.count,
+        bytes: open.bytes,
+        kind: FileKind::Output,
+    };
+    svc.store.put_file(&job.id, &record).await?;
+    Ok(())
+}
+
+/// Writes one OperationOutcome line into a new error file of the job.
+pub async fn write_error_file(svc: &ExportServices, job_id: &str, folder: &str, messages: &[String]) -> Result<(), StepError> {
+    if messages.is_empty() {
+        return Ok(());
+    }
+    let mut body = Vec::new();
+    for m in messages {
+        let oo = operation_outcome(Severity::Error, "processing", m);
+        serde_json::to_writer(&mut body, &oo).map_err(|e| ObjectError::Backend(e.to_string()))?;
+        body.push(b'\n');
+    }
+    let number = svc.store.next_file_number(job_id, "OperationOutcome").await?;
+    let key = format!("{folder}/{}", file_name("OperationOutcome", number));
+    let bytes = body.len() as u64;
+    svc.objects.put_object(&key, Bytes::from(body)).await?;
+    let record = FileRecord {
+        resource_type: "OperationOutcome".into(),
+        number,
+        key,
+        count: messages.len() as u64,
+        bytes,
+        kind: FileKind::Error,
+    };
+    svc.store.put_file(job_id, &record).await?;
+    Ok(())
+}
+
+/// Ends a chain whose source failed permanently: what it exported so far is
+/// kept, and an OperationOutcome explains the rest.
+async fn fail_chain(svc: &ExportServices, job: &Job, mut chain: Chain, err: &SourceError) -> Result<StepOutcome, StepError> {
+    tracing::warn!(job_id = %job.id, chain = %chain.chain_id, error = %err, "chain failed");
+    if let Some(open) = chain.open_file.take() {
+        if open.parts.is_empty() {
+            svc.objects.abort_upload(&open.key, &open.upload_id).await?;
+        } else {
+            complete_file(svc, job, &chain, &open).await?;
+        }
+    }
+    let message = format!(
+        "Export of {} stopped after {} resources: {}",
+        chain.resource_type, chain.exported, err
+    );
+    write_error_file(svc, &job.id, &job.folder, &[message]).await?;
+    chain.state = ChainState::Failed;
+    chain.heartbeat = unix_now();
+    match svc.store.finish_chain(&mut chain).await {
+        Ok(()) => {}
+        Err(StoreError::Conflict) => return Ok(StepOutcome::Stale),
+        Err(e) => return Err(e.into()),
+    }
+    maybe_complete_job(svc, &job.id).await?;
+    Ok(StepOutcome::Finished)
+}
+
+async fn cancel_chain(svc: &ExportServices, job: &Job, mut chain: Chain) -> Result<StepOutcome, StepError> {
+    if let Some(open) = chain.open_file.take() {
+        svc.objects.abort_upload(&open.key, &open.upload_id).await?;
+    }
+    chain.state = ChainState::Cancelled;
+    match svc.store.finish_chain(&mut chain).await {
+        Ok(()) => {}
+        Err(StoreError::Conflict) => return Ok(StepOutcome::Stale),
+        Err(e) => return Err(e.into()),
+    }
+    maybe_complete_job(svc, &job.id).await?;
+    Ok(StepOutcome::Finished)
+}
+
+/// Marks a job complete once its last chain has finished (or cleans up a
+/// cancelled one). Safe to call any number of times.
+pub async fn maybe_complete_job(svc: &ExportServices, job_id: &str) -> Result<(), StepError> {
+    for _ in 0..5 {
+        let Some(job) = svc.store.get_job(job_id).await? else { return Ok(()) };
+        if job.chains_remaining > 0 {
+            return Ok(());
+        }
+        match job.status {
+            JobStatus::Queued | JobStatus::Running => {
+                match svc.store.set_job_status(&job, JobStatus::Complete, None).await {
+                    Ok(()) => {
+                        tracing::info!(job_id, "export complete");
+                        return Ok(());
+                    }
+                    Err(StoreError::Conflict) => continue,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            JobStatus::Cancelled => {
+                svc.objects.delete_prefix(&format!("{}/", job.folder)).await?;
+                return Ok(());
+            }
+            JobStatus::Complete | JobStatus::Failed => return Ok(()),
+        }
+    }
+    Ok(())
+}
+
+/// A fresh chain for one resource type.
+pub fn new_chain(job_id: &str, chain_id: &str, resource_type: &str) -> Chain {
+    Chain {
+        job_id: job_id.into(),
+        chain_id: chain_id.into(),
+        resource_type: resource_type.into(),
+        cursor: None,
+        skip: 0,
+        step: 0,
+        state: ChainState::Running,
+        open_file: None,
+        reserved_number: None,
+        exported: 0,
+        total: None,
+        heartbeat: now_millis().unix_timestamp(),
+        restarts: 0,
+        version: 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::offset_after_lines;
+
+    #[test]
+    fn skips_whole_lines() {
+        let d = b"a\nbb\nccc\n";
+        assert_eq!(offset_after_lines(d, 0), 0);
+        assert_eq!(offset_after_lines(d, 1), 2);
+        assert_eq!(offset_after_lines(d, 3), 9);
+        assert_eq!(offset_after_lines(d, 5), 9);
+    }
+}

@@ -1,0 +1,19 @@
+//! The continuation port: how a chain's next step gets run.
+
+pub mod in_process;
+pub mod lambda;
+
+use crate::job::StepEvent;
+use async_trait::async_trait;
+
+/// A step could not be handed off.
+#[derive(Debug, thiserror::Error)]
+#[error("continuation failed: {0}")]
+pub struct ContinuationError(pub String);
+
+/// Schedules chain steps.
+#[async_trait]
+pub trait Continuation: Send + Sync {
+    /// Arranges for `event` to run once (at least once) soon.
+    async fn schedule(&self, event: StepEvent) -> Result<(), ContinuationError>;
+}

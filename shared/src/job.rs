@@ -1,0 +1,196 @@
+//! The records kept in the job store: jobs, work chains and finished files.
+
+use crate::export_request::{ExportLevel, ExportRequest};
+use serde::{Deserialize, Serialize};
+
+/// Lifecycle of an export job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobStatus {
+    /// Accepted, waiting for a free slot.
+    Queued,
+    /// Chains are running.
+    Running,
+    /// Every chain finished; the manifest is available.
+    Complete,
+    /// The export failed as a whole.
+    Failed,
+    /// The client cancelled it.
+    Cancelled,
+}
+
+impl JobStatus {
+    /// Stored form.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobStatus::Queued => "queued",
+            JobStatus::Running => "running",
+            JobStatus::Complete => "complete",
+            JobStatus::Failed => "failed",
+            JobStatus::Cancelled => "cancelled",
+        }
+    }
+
+    /// Parses the stored form.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "queued" => JobStatus::Queued,
+            "running" => JobStatus::Running,
+            "complete" => JobStatus::Complete,
+            "failed" => JobStatus::Failed,
+            "cancelled" => JobStatus::Cancelled,
+            _ => return None,
+        })
+    }
+
+    /// True once no chain will run again.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, JobStatus::Complete | JobStatus::Failed | JobStatus::Cancelled)
+    }
+}
+
+/// One export job.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Job {
+    /// 128-bit random id, hex.
+    pub id: String,
+    /// Client id of the caller that started it.
+    pub owner: String,
+    /// The kick-off URL as the client sent it (query included for GET).
+    pub request_url: String,
+    /// Kick-off instant; also the `_lastUpdated` upper bound of every query.
+    pub transaction_time: String,
+    /// Level of the export.
+    pub level: ExportLevel,
+    /// Validated parameters.
+    pub request: ExportRequest,
+    /// S3 key prefix of this job's files: `<container>/<job-folder>`.
+    pub folder: String,
+    /// Unix seconds after which the job and its files may be removed.
+    pub expires_at: i64,
+    /// Why the job failed, when it did.
+    pub failure: Option<String>,
+    /// Status (authoritative copy is a top-level attribute).
+    #[serde(skip, default = "default_status")]
+    pub status: JobStatus,
+    /// Optimistic-locking version.
+    #[serde(skip)]
+    pub version: u64,
+    /// Chains not yet finished.
+    #[serde(skip)]
+    pub chains_remaining: i64,
+}
+
+fn default_status() -> JobStatus {
+    JobStatus::Queued
+}
+
+/// State of one chain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChainState {
+    /// More steps to run.
+    Running,
+    /// The source is exhausted and every file is complete.
+    Done,
+    /// Stopped with an error recorded in the job's error file.
+    Failed,
+    /// Stopped because the job was cancelled.
+    Cancelled,
+}
+
+/// A multipart upload a chain is appending to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpenFile {
+    /// File number n in `<Type>-<n>.ndjson`.
+    pub number: u32,
+    /// S3 key.
+    pub key: String,
+    /// S3 multipart upload id.
+    pub upload_id: String,
+    /// Uploaded parts: ETag per part number (1-based, in order).
+    pub parts: Vec<String>,
+    /// Bytes uploaded so far.
+    pub bytes: u64,
+    /// Lines (resources) uploaded so far.
+    pub count: u64,
+}
+
+/// One chain of steps exporting one resource type (or one partition of it).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Chain {
+    /// Owning job.
+    pub job_id: String,
+    /// Chain id, unique within the job.
+    pub chain_id: String,
+    /// Resource type exported.
+    pub resource_type: String,
+    /// Source cursor of the next page; `None` before the first page.
+    pub cursor: Option<String>,
+    /// Lines of the page at `cursor` already exported (a step that filled a
+    /// file mid-page resumes there).
+    #[serde(default)]
+    pub skip: u64,
+    /// Number of committed steps.
+    pub step: u64,
+    /// Current state.
+    pub state: ChainState,
+    /// File being written, if any.
+    pub open_file: Option<OpenFile>,
+    /// A file number allocated for the next file but not yet opened.
+    pub reserved_number: Option<u32>,
+    /// Resources exported so far by this chain.
+    pub exported: u64,
+    /// Expected total from the source, when known.
+    pub total: Option<u64>,
+    /// Unix seconds of the last committed step.
+    pub heartbeat: i64,
+    /// Times the watchdog restarted this chain.
+    pub restarts: u32,
+    /// Optimistic-locking version.
+    #[serde(skip)]
+    pub version: u64,
+}
+
+/// What a finished file holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FileKind {
+    /// Exported resources (`output`).
+    Output,
+    /// OperationOutcomes (`error`).
+    Error,
+}
+
+/// A completed file of an export.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileRecord {
+    /// Resource type of every line.
+    pub resource_type: String,
+    /// File number.
+    pub number: u32,
+    /// S3 key.
+    pub key: String,
+    /// Exact line count.
+    pub count: u64,
+    /// Size in bytes.
+    pub bytes: u64,
+    /// Output or error.
+    pub kind: FileKind,
+}
+
+/// The file name of file `number` of `resource_type`.
+pub fn file_name(resource_type: &str, number: u32) -> String {
+    format!("{resource_type}-{number}.ndjson")
+}
+
+/// Event that runs one step of one chain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepEvent {
+    /// Job id.
+    pub job_id: String,
+    /// Chain id.
+    pub chain_id: String,
+    /// The chain's committed step count this event expects to find.
+    pub step: u64,
+}

@@ -1,0 +1,51 @@
+//! The job store port: jobs, chains and file records with optimistic locking.
+
+pub mod dynamo;
+
+use crate::job::{Chain, FileRecord, Job, JobStatus};
+use async_trait::async_trait;
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A conditional write lost against a concurrent writer.
+    #[error("conditional write conflict")]
+    Conflict,
+    /// The backing service failed (after the SDK's own retries).
+    #[error("job store: {0}")]
+    Backend(String),
+    /// A stored item could not be decoded.
+    #[error("job store item is corrupt: {0}")]
+    Corrupt(String),
+}
+
+/// Persistent export state. Every state change is a conditional write.
+#[async_trait]
+pub trait JobStore: Send + Sync {
+    /// Stores a new job and its chains.
+    async fn create_job(&self, job: &Job, chains: &[Chain]) -> Result<(), StoreError>;
+    /// Reads a job.
+    async fn get_job(&self, job_id: &str) -> Result<Option<Job>, StoreError>;
+    /// Moves a job to `status` if its version is still `job.version`.
+    async fn set_job_status(&self, job: &Job, status: JobStatus, failure: Option<String>) -> Result<(), StoreError>;
+    /// Marks a job cancelled unless it already is; returns false if it was.
+    async fn cancel_job(&self, job_id: &str) -> Result<bool, StoreError>;
+    /// Jobs that are queued or running (for restart recovery and the watchdog).
+    async fn active_jobs(&self) -> Result<Vec<Job>, StoreError>;
+    /// Reads a chain.
+    async fn get_chain(&self, job_id: &str, chain_id: &str) -> Result<Option<Chain>, StoreError>;
+    /// Reads every chain of a job.
+    async fn list_chains(&self, job_id: &str) -> Result<Vec<Chain>, StoreError>;
+    /// Writes `chain` if the stored version is `chain.version`; bumps the version.
+    async fn save_chain(&self, chain: &mut Chain) -> Result<(), StoreError>;
+    /// Like `save_chain`, and atomically counts the chain as finished on its job.
+    async fn finish_chain(&self, chain: &mut Chain) -> Result<(), StoreError>;
+    /// Records a completed file (idempotent).
+    async fn put_file(&self, job_id: &str, file: &FileRecord) -> Result<(), StoreError>;
+    /// Every completed file of a job.
+    async fn list_files(&self, job_id: &str) -> Result<Vec<FileRecord>, StoreError>;
+    /// Atomically allocates the next file number (from 1) for a type.
+    async fn next_file_number(&self, job_id: &str, resource_type: &str) -> Result<u32, StoreError>;
+    /// Removes every item of a job.
+    async fn delete_job(&self, job_id: &str) -> Result<(), StoreError>;
+}

@@ -1,0 +1,176 @@
+//! `$export` kick-off: validate the request, create the job and its chains,
+//! fan out the first steps and answer 202 with the status URL.
+
+use crate::caller::Caller;
+use crate::chain::{new_chain, write_error_file};
+use crate::export_request::{
+    ExportLevel, check_accept, parameters_pairs, parse_export_request, parse_prefer, query_pairs,
+};
+use crate::instant::{format_instant, now_millis};
+use crate::job::{Job, JobStatus, StepEvent};
+use crate::outcome::{ApiError, Severity, fhir_json, operation_outcome, quote};
+use crate::services::ExportServices;
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, StatusCode, header};
+use rand::RngCore;
+
+/// A new unguessable job id (128 random bits, hex).
+pub fn new_job_id() -> String {
+    let mut bytes = [0u8; 16];
+    rand::rng().fill_bytes(&mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The status URL of a job.
+pub fn status_url(base: &str, job_id: &str) -> String {
+    format!("{base}/$export-status/{job_id}")
+}
+
+fn header_str<'a>(req: &'a Request<Bytes>, name: header::HeaderName) -> Result<Option<&'a str>, ApiError> {
+    match req.headers().get(name.clone()) {
+        None => Ok(None),
+        Some(v) => v
+            .to_str()
+            .map(Some)
+            .map_err(|_| ApiError::BadRequest(format!("header {name} is not visible ASCII"))),
+    }
+}
+
+/// Handles a kick-off request at `level`. `request_url` is the absolute URL
+/// the client called (built from the configured base, never the Host header).
+pub async fn kickoff(
+    svc: &ExportServices,
+    caller: &Caller,
+    level: ExportLevel,
+    req: &Request<Bytes>,
+    request_url: String,
+) -> Result<Response<Bytes>, ApiError> {
+    check_accept(header_str(req, header::ACCEPT)?)?;
+    let prefs = parse_prefer(header_str(req, http::header::HeaderName::from_static("prefer"))?.unwrap_or(""));
+    if !prefs.respond_async {
+        return Err(ApiError::BadRequest("the Prefer header must include respond-async".into()));
+    }
+    let is_post = req.method() == http::Method::POST;
+    let pairs = if is_post {
+        let ct = header_str(req, header::CONTENT_TYPE)?.unwrap_or("");
+        let media = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+        if media != "application/fhir+json" && media != "application/json" {
+            return Err(ApiError::UnsupportedMediaType(format!(
+                "Content-Type {} is not supported; send a Parameters resource as application/fhir+json",
+                quote(ct)
+            )));
+        }
+        if req.uri().query().is_some_and(|q| !q.is_empty()) {
+            return Err(ApiError::BadRequest(
+                "a POST kick-off takes its parameters from the body, not the query string".into(),
+            ));
+        }
+        if req.body().len() > svc.config.max_body_bytes {
+            return Err(ApiError::PayloadTooLarge(format!(
+                "request body exceeds {} bytes",
+                svc.config.max_body_bytes
+            )));
+        }
+        parameters_pairs(req.body())?
+    } else {
+        query_pairs(req.uri().query().unwrap_or(""))?
+    };
+    let mut request = parse_export_request(pairs, &level, is_post, prefs.lenient)?;
+
+    if !request.type_filters.is_empty() && !svc.source.supports_type_filter() {
+        return Err(ApiError::NotSupported(
+            "_typeFilter is not supported by this server's NDJSON source".into(),
+        ));
+    }
+    match &level {
+        ExportLevel::System => {}
+        ExportLevel::Patient | ExportLevel::Group(_) => {
+            if let ExportLevel::Group(id) = &level {
+                let exists = svc
+                    .source
+                    .group_exists(id)
+                    .await
+                    .map_err(|e| ApiError::Unavailable(format!("could not read the Group: {e}")))?;
+                if !exists {
+                    return Err(ApiError::NotFound(format!("Group {} is not known", quote(id))));
+                }
+            }
+            // Compartment-scoped export is tracked separately; refuse rather than over-export.
+            if prefs.lenient {
+                request.ignored.push("Patient- and Group-level compartment filtering is not supported yet".into());
+            }
+            return Err(ApiError::NotSupported(
+                "Patient- and Group-level exports are not supported yet; use [base]/$export".into(),
+            ));
+        }
+    }
+    if !request.patients.is_empty() {
+        return Err(ApiError::NotSupported("the patient parameter is not supported yet".into()));
+    }
+
+    let types = if request.types.is_empty() {
+        svc.source
+            .resource_types()
+            .await
+            .map_err(|e| ApiError::Unavailable(format!("could not list the source's resource types: {e}")))?
+    } else {
+        request.types.clone()
+    };
+
+    let job_id = new_job_id();
+    let now = now_millis();
+    let container = match &request.container {
+        Some(c) => c.clone(),
+        None => format!(
+            "export-{:04}{:02}{:02}t{:02}{:02}{:02}",
+            now.year(),
+            now.month() as u8,
+            now.day(),
+            now.hour(),
+            now.minute(),
+            now.second()
+        ),
+    };
+    let folder = format!("{container}/{job_id}");
+    let chains: Vec<_> = types.iter().map(|t| new_chain(&job_id, t, t)).collect();
+    let mut job = Job {
+        id: job_id.clone(),
+        owner: caller.client_id.clone(),
+        request_url,
+        transaction_time: format_instant(now),
+        level,
+        request,
+        folder,
+        expires_at: now.unix_timestamp() + svc.config.retention.as_secs() as i64,
+        failure: None,
+        status: if chains.is_empty() { JobStatus::Complete } else { JobStatus::Running },
+        version: 0,
+        chains_remaining: chains.len() as i64,
+    };
+    if !job.request.ignored.is_empty() {
+        let msgs = job.request.ignored.clone();
+        write_error_file(svc, &job.id, &job.folder, &msgs)
+            .await
+            .map_err(|e| ApiError::Unavailable(format!("could not record ignored parameters: {e}")))?;
+    }
+    svc.store
+        .create_job(&job, &chains)
+        .await
+        .map_err(|e| ApiError::Unavailable(format!("could not store the job: {e}")))?;
+    job.version = 0;
+    for chain in &chains {
+        let ev = StepEvent { job_id: job.id.clone(), chain_id: chain.chain_id.clone(), step: 0 };
+        if let Err(e) = svc.continuation.schedule(ev).await {
+            // The watchdog restarts chains that never made progress.
+            tracing::error!(job_id = %job.id, chain = %chain.chain_id, error = %e, "could not start chain");
+        }
+    }
+    tracing::info!(job_id = %job.id, chains = chains.len(), "export accepted");
+
+    let body = operation_outcome(Severity::Information, "informational", "Export accepted; poll the Content-Location URL for status.");
+    let mut resp = fhir_json(StatusCode::ACCEPTED, &body);
+    let location = status_url(svc.config.base(), &job.id);
+    let value = HeaderValue::from_str(&location).map_err(|_| ApiError::Internal("invalid status URL".into()))?;
+    resp.headers_mut().insert(header::CONTENT_LOCATION, value);
+    Ok(resp)
+}

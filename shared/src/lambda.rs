@@ -1,0 +1,146 @@
+//! Lambda entry points: build services from the environment once, then
+//! translate API Gateway and worker events into library calls.
+
+use crate::api::handle;
+use crate::caller::Caller;
+use crate::chain::run_step;
+use crate::config::ExportConfig;
+use crate::continuation::lambda::LambdaContinuation;
+use crate::job::StepEvent;
+use crate::job_store::dynamo::DynamoJobStore;
+use crate::object_store::s3::S3ObjectStore;
+use crate::outcome::ApiError;
+use crate::services::ExportServices;
+use crate::source::Source;
+use crate::source::fhir_server::{FhirServerSource, RetryPolicy};
+use crate::source::ndjson::NdjsonSource;
+use crate::watchdog::{SweepReport, sweep};
+use bytes::Bytes;
+use lambda_http::request::RequestContext;
+use lambda_http::{Body, RequestExt};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A failure building services at cold start.
+#[derive(Debug, thiserror::Error)]
+#[error("startup: {0}")]
+pub struct StartupError(pub String);
+
+/// JSON logs with the span fields (job id, chain, step) on every line.
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .json()
+        .with_current_span(true)
+        .with_env_filter(filter)
+        .without_time()
+        .try_init();
+}
+
+/// Builds services from `BULK_EXPORT_*` variables and the SDK's default
+/// configuration (endpoints honour `AWS_ENDPOINT_URL_*`).
+pub async fn services_from_env() -> Result<ExportServices, StartupError> {
+    let mut config = ExportConfig::from_env().map_err(|e| StartupError(e.to_string()))?;
+    if let Ok(public) = std::env::var("BULK_EXPORT_PUBLIC_BASE_URL")
+        && !public.is_empty()
+    {
+        config.base_url = public;
+    }
+    let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+    let s3_conf = aws_sdk_s3::config::Builder::from(&sdk)
+        .force_path_style(std::env::var("BULK_EXPORT_S3_PATH_STYLE").is_ok_and(|v| v == "true"))
+        .build();
+    let store = DynamoJobStore::new(aws_sdk_dynamodb::Client::new(&sdk), &config.table);
+    let objects = S3ObjectStore::new(aws_sdk_s3::Client::from_conf(s3_conf), &config.bucket);
+    let source: Arc<dyn Source> = match std::env::var("BULK_EXPORT_SOURCE") {
+        Ok(s) if s.starts_with("ndjson:") => Arc::new(NdjsonSource::new(&s["ndjson:".len()..])),
+        Ok(s) if s.starts_with("http://") || s.starts_with("https://") => Arc::new(
+            FhirServerSource::new(s, std::env::var("BULK_EXPORT_UPSTREAM_TOKEN").ok(), RetryPolicy::default())
+                .map_err(|e| StartupError(e.to_string()))?,
+        ),
+        _ => return Err(StartupError("BULK_EXPORT_SOURCE must be an http(s) FHIR base URL or ndjson:<dir>".into())),
+    };
+    let worker = std::env::var("BULK_EXPORT_WORKER_FUNCTION")
+        .map_err(|_| StartupError("BULK_EXPORT_WORKER_FUNCTION is not set".into()))?;
+    let continuation = LambdaContinuation::new(aws_sdk_lambda::Client::new(&sdk), worker);
+    Ok(ExportServices {
+        config: Arc::new(config),
+        store: Arc::new(store),
+        objects: Arc::new(objects),
+        source,
+        continuation: Arc::new(continuation),
+    })
+}
+
+/// The caller from the HTTP API's JWT authorizer claims.
+pub fn caller_from_context(ctx: Option<RequestContext>) -> Result<Caller, ApiError> {
+    let unauthorized = || ApiError::Unauthorized("a valid bearer token is required".into());
+    let Some(RequestContext::ApiGatewayV2(ctx)) = ctx else { return Err(unauthorized()) };
+    let claims = ctx.authorizer.and_then(|a| a.jwt).map(|j| j.claims).ok_or_else(unauthorized)?;
+    let client_id = claims
+        .get("client_id")
+        .or_else(|| claims.get("sub"))
+        .filter(|v| !v.is_empty())
+        .cloned()
+        .ok_or_else(unauthorized)?;
+    let scopes = claims.get("scope").map(|s| s.split(' ').map(str::to_string).collect()).unwrap_or_default();
+    Ok(Caller { client_id, scopes })
+}
+
+/// Without a configured public base URL, URLs are built from the API
+/// Gateway domain in the request context (set by AWS, not by the client).
+fn derived_services(svc: &ExportServices, ctx: Option<&RequestContext>) -> Option<ExportServices> {
+    if std::env::var("BULK_EXPORT_PUBLIC_BASE_URL").is_ok_and(|v| !v.is_empty()) {
+        return None;
+    }
+    let Some(RequestContext::ApiGatewayV2(ctx)) = ctx else { return None };
+    let domain = ctx.domain_name.as_deref()?;
+    let mut config = (*svc.config).clone();
+    config.base_url = format!("https://{domain}");
+    Some(ExportServices { config: Arc::new(config), ..svc.clone() })
+}
+
+/// Handles one API Gateway HTTP API request (kick-off, status or cancel).
+pub async fn http_handler(svc: &ExportServices, event: lambda_http::Request) -> lambda_http::Response<Body> {
+    let ctx = event.request_context_ref().cloned();
+    let derived = derived_services(svc, ctx.as_ref());
+    let svc = derived.as_ref().unwrap_or(svc);
+    let (parts, body) = event.into_parts();
+    let resp = match caller_from_context(ctx) {
+        Err(e) => e.into_response(),
+        Ok(caller) => {
+            let bytes = match body {
+                Body::Empty => Bytes::new(),
+                Body::Text(t) => Bytes::from(t),
+                Body::Binary(b) => Bytes::from(b),
+                _ => Bytes::new(),
+            };
+            handle(svc, &caller, http::Request::from_parts(parts, bytes)).await
+        }
+    };
+    let (parts, body) = resp.into_parts();
+    let body = match String::from_utf8(body.to_vec()) {
+        Ok(s) => Body::Text(s),
+        Err(e) => Body::Binary(e.into_bytes()),
+    };
+    lambda_http::Response::from_parts(parts, body)
+}
+
+/// Handles one chunk-worker invocation; `deadline_ms` is the Lambda deadline
+/// in epoch milliseconds.
+pub async fn worker_handler(svc: &ExportServices, event: StepEvent, deadline_ms: u64) -> Result<String, crate::chain::StepError> {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(deadline_ms.saturating_sub(now_ms));
+    let outcome = run_step(svc, &event, Some(deadline)).await?;
+    Ok(format!("{outcome:?}"))
+}
+
+/// Handles one watchdog tick.
+pub async fn watchdog_handler(svc: &ExportServices) -> Result<SweepReport, crate::chain::StepError> {
+    let stall = std::env::var("BULK_EXPORT_STALL_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(600);
+    sweep(svc, Duration::from_secs(stall)).await
+}

@@ -1,0 +1,30 @@
+//! FHIR Bulk Data `$export` on AWS Lambda: the shared library.
+//!
+//! Entry points translate events into calls of [`api::handle`] (kick-off,
+//! status, cancel) and [`chain::run_step`] (the chunk-worker). Ports:
+//! [`job_store::JobStore`], [`object_store::ObjectStore`],
+//! [`source::Source`] and [`continuation::Continuation`].
+
+pub mod api;
+pub mod cancel;
+pub mod caller;
+pub mod capability;
+pub mod chain;
+pub mod config;
+pub mod continuation;
+pub mod export_request;
+pub mod instant;
+pub mod job;
+pub mod job_store;
+pub mod kickoff;
+#[cfg(feature = "lambda")]
+pub mod lambda;
+pub mod manifest;
+pub mod ndjson_page;
+pub mod object_store;
+pub mod outcome;
+pub mod resource_types;
+pub mod services;
+pub mod source;
+pub mod status;
+pub mod watchdog;

@@ -1,0 +1,35 @@
+//! The completion manifest, built from stored file records at request time
+//! with freshly presigned download URLs.
+
+use crate::job::{FileKind, FileRecord, Job};
+use crate::object_store::ObjectError;
+use crate::services::ExportServices;
+use serde_json::{Value, json};
+
+/// Builds the manifest of a complete job.
+pub async fn build_manifest(svc: &ExportServices, job: &Job) -> Result<Value, ObjectError> {
+    let mut files: Vec<FileRecord> = svc
+        .store
+        .list_files(&job.id)
+        .await
+        .map_err(|e| ObjectError::Backend(e.to_string()))?;
+    files.retain(|f| f.count > 0);
+    files.sort_by(|a, b| (&a.resource_type, a.number).cmp(&(&b.resource_type, b.number)));
+    let mut output = Vec::new();
+    let mut error = Vec::new();
+    for f in &files {
+        let url = svc.objects.presign_get(&f.key, svc.config.url_ttl).await?;
+        let item = json!({ "type": f.resource_type, "url": url, "count": f.count });
+        match f.kind {
+            FileKind::Output => output.push(item),
+            FileKind::Error => error.push(item),
+        }
+    }
+    Ok(json!({
+        "transactionTime": job.transaction_time,
+        "request": job.request_url,
+        "requiresAccessToken": false,
+        "output": output,
+        "error": error,
+    }))
+}

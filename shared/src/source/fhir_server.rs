@@ -1,0 +1,250 @@
+//! [`Source`] over a FHIR R4 server's search API. Pages are followed through
+//! `link[relation=next]`; the cursor is `<filter index> <next url>`.
+
+use super::{Page, PageRequest, Source, SourceError};
+use crate::instant::format_instant;
+use crate::ndjson_page::frame_search_bundle;
+use async_trait::async_trait;
+use rand::Rng;
+use reqwest::StatusCode;
+use std::time::Duration;
+
+/// Retry policy for upstream requests.
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    /// Attempts per request, including the first.
+    pub max_attempts: u32,
+    /// First backoff delay; doubles each attempt, with full jitter.
+    pub base_delay: Duration,
+    /// Longest single wait (also caps `Retry-After`).
+    pub max_delay: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self { max_attempts: 6, base_delay: Duration::from_millis(200), max_delay: Duration::from_secs(30) }
+    }
+}
+
+/// Reads resources from a FHIR server.
+#[derive(Clone)]
+pub struct FhirServerSource {
+    base: String,
+    client: reqwest::Client,
+    bearer: Option<String>,
+    retry: RetryPolicy,
+}
+
+enum Attempt {
+    Done(bytes::Bytes),
+    NotFound,
+    Retry(String, Option<Duration>),
+    Fail(String),
+}
+
+impl FhirServerSource {
+    /// A source reading from `base` (e.g. `https://fhir.example.org/r4`).
+    pub fn new(base: impl Into<String>, bearer: Option<String>, retry: RetryPolicy) -> Result<Self, SourceError> {
+        let client = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .timeout(Duration::from_secs(120))
+            .build()
+            .map_err(|e| SourceError::Permanent(format!("HTTP client: {e}")))?;
+        Ok(Self { base: base.into().trim_end_matches('/').to_string(), client, bearer, retry })
+    }
+
+    fn origin(url: &str) -> Option<&str> {
+        let rest = url.split_once("://")?.1;
+        let end = rest.find('/').unwrap_or(rest.len());
+        Some(&url[..url.len() - rest.len() + end])
+    }
+
+    /// Only follow `next` links on the upstream's own origin and path.
+    fn check_same_upstream(&self, url: &str) -> Result<(), SourceError> {
+        if Self::origin(url) == Self::origin(&self.base) && url.starts_with(&self.base) {
+            Ok(())
+        } else {
+            Err(SourceError::Permanent("upstream next link points outside the upstream base URL".into()))
+        }
+    }
+
+    fn first_url(&self, req: &PageRequest<'_>, filter: Option<&str>) -> String {
+        let enc = |s: &str| percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string();
+        let mut url = format!("{}/{}?_count={}&_pretty=false", self.base, req.resource_type, req.page_size);
+        if let Some(since) = req.since {
+            url.push_str(&format!("&_lastUpdated=gt{}", enc(&format_instant(since))));
+        }
+        url.push_str(&format!("&_lastUpdated=le{}", enc(&format_instant(req.until))));
+        if let Some(q) = filter {
+            url.push('&');
+            url.push_str(q);
+        }
+        url
+    }
+
+    async fn attempt(&self, url: &str) -> Attempt {
+        let mut rb = self.client.get(url).header("Accept", "application/fhir+json");
+        if let Some(token) = &self.bearer {
+            rb = rb.bearer_auth(token);
+        }
+        let resp = match rb.send().await {
+            Ok(r) => r,
+            Err(e) => return Attempt::Retry(format!("request failed: {}", classify(&e)), None),
+        };
+        let status = resp.status();
+        let retry_after = resp
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
+            return Attempt::Retry(format!("upstream answered {}", status.as_u16()), retry_after);
+        }
+        if status == StatusCode::NOT_FOUND || status == StatusCode::GONE {
+            return Attempt::NotFound;
+        }
+        if !status.is_success() {
+            return Attempt::Fail(format!("upstream answered {}", status.as_u16()));
+        }
+        match resp.bytes().await {
+            Ok(b) => Attempt::Done(b),
+            Err(e) => Attempt::Retry(format!("reading body failed: {}", classify(&e)), None),
+        }
+    }
+
+    /// GET with bounded retries; `Ok(None)` for 404/410.
+    async fn get(&self, url: &str, validate: impl Fn(&[u8]) -> bool) -> Result<Option<bytes::Bytes>, SourceError> {
+        let mut last = String::new();
+        for attempt in 0..self.retry.max_attempts {
+            if attempt > 0 {
+                tracing::debug!(attempt, reason = %last, "retrying upstream request");
+            }
+            let wait = match self.attempt(url).await {
+                Attempt::Done(body) if validate(&body) => return Ok(Some(body)),
+                Attempt::Done(_) => {
+                    last = "upstream body is not a FHIR JSON resource".into();
+                    None
+                }
+                Attempt::NotFound => return Ok(None),
+                Attempt::Fail(reason) => return Err(SourceError::Permanent(reason)),
+                Attempt::Retry(reason, after) => {
+                    last = reason;
+                    after
+                }
+            };
+            if attempt + 1 < self.retry.max_attempts {
+                let backoff = self.retry.base_delay.saturating_mul(1 << attempt.min(16)).min(self.retry.max_delay);
+                let jittered = Duration::from_millis(rand::rng().random_range(0..=backoff.as_millis() as u64));
+                let delay = wait.map(|w| w.min(self.retry.max_delay)).unwrap_or(jittered);
+                tokio::time::sleep(delay).await;
+            }
+        }
+        Err(SourceError::Exhausted(last))
+    }
+}
+
+fn classify(e: &reqwest::Error) -> &'static str {
+    if e.is_timeout() {
+        "timeout"
+    } else if e.is_connect() {
+        "connection failed"
+    } else if e.is_body() || e.is_decode() {
+        "body interrupted"
+    } else {
+        "transport error"
+    }
+}
+
+fn looks_like_json_resource(body: &[u8]) -> bool {
+    serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok()
+}
+
+#[async_trait]
+impl Source for FhirServerSource {
+    async fn resource_types(&self) -> Result<Vec<String>, SourceError> {
+        let url = format!("{}/metadata", self.base);
+        let body = self
+            .get(&url, looks_like_json_resource)
+            .await?
+            .ok_or_else(|| SourceError::Permanent("upstream has no CapabilityStatement".into()))?;
+        let cs: serde_json::Value =
+            serde_json::from_slice(&body).map_err(|_| SourceError::Permanent("bad CapabilityStatement".into()))?;
+        let mut types: Vec<String> = cs["rest"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|r| r["resource"].as_array().cloned().unwrap_or_default())
+            .filter(|r| {
+                r["interaction"]
+                    .as_array()
+                    .is_some_and(|i| i.iter().any(|x| x["code"] == "search-type"))
+            })
+            .filter_map(|r| r["type"].as_str().map(str::to_string))
+            .filter(|t| crate::resource_types::is_resource_type(t) && t != "Group")
+            .collect();
+        types.sort();
+        types.dedup();
+        Ok(types)
+    }
+
+    async fn fetch_page(&self, req: &PageRequest<'_>) -> Result<Page, SourceError> {
+        let filters: Vec<Option<&str>> = if req.type_filters.is_empty() {
+            vec![None]
+        } else {
+            req.type_filters.iter().map(|f| Some(f.query.as_str())).collect()
+        };
+        let (idx, url) = match req.cursor {
+            None => (0usize, self.first_url(req, filters[0])),
+            Some(c) => {
+                let (i, u) = c
+                    .split_once(' ')
+                    .and_then(|(i, u)| Some((i.parse::<usize>().ok()?, u.to_string())))
+                    .ok_or_else(|| SourceError::Permanent("malformed FHIR cursor".into()))?;
+                if u.is_empty() {
+                    (i, self.first_url(req, filters.get(i).copied().flatten()))
+                } else {
+                    self.check_same_upstream(&u)?;
+                    (i, u)
+                }
+            }
+        };
+        let ty = req.resource_type;
+        let body = self
+            .get(&url, |b| frame_search_bundle(b, ty).is_ok())
+            .await?
+            .ok_or_else(|| SourceError::Permanent(format!("upstream has no {ty} search (404)")))?;
+        let framed = frame_search_bundle(&body, ty).map_err(|e| SourceError::Permanent(e.to_string()))?;
+        let next = match framed.next {
+            Some(n) => {
+                if n == url {
+                    return Err(SourceError::Permanent("upstream next link points back to the same page".into()));
+                }
+                self.check_same_upstream(&n)?;
+                Some(format!("{idx} {n}"))
+            }
+            None if idx + 1 < filters.len() => Some(format!("{} ", idx + 1)),
+            None => None,
+        };
+        Ok(Page { ndjson: framed.ndjson, count: framed.count, next })
+    }
+
+    async fn estimate(&self, req: &PageRequest<'_>) -> Result<Option<u64>, SourceError> {
+        if !req.type_filters.is_empty() {
+            return Ok(None);
+        }
+        let url = format!("{}&_summary=count", self.first_url(req, None));
+        let Some(body) = self.get(&url, looks_like_json_resource).await? else { return Ok(None) };
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        Ok(v["total"].as_u64())
+    }
+
+    async fn group_exists(&self, id: &str) -> Result<bool, SourceError> {
+        let url = format!("{}/Group/{}", self.base, id);
+        Ok(self.get(&url, looks_like_json_resource).await?.is_some())
+    }
+
+    fn supports_type_filter(&self) -> bool {
+        true
+    }
+}

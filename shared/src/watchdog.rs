@@ -1,0 +1,48 @@
+//! The stuck-chain watchdog: finds running chains whose last committed step
+//! is older than the stall timeout and schedules their current step again.
+
+use crate::chain::StepError;
+use crate::job::{ChainState, StepEvent};
+use crate::job_store::StoreError;
+use crate::services::ExportServices;
+use std::time::Duration;
+
+/// What one sweep did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct SweepReport {
+    /// Active jobs examined.
+    pub jobs: usize,
+    /// Chains whose current step was scheduled again.
+    pub restarted: usize,
+}
+
+/// Schedules the current step of every running chain that has made no
+/// progress for `stall` (all running chains when `stall` is zero, which is
+/// how the local runner resumes after a restart).
+pub async fn sweep(svc: &ExportServices, stall: Duration) -> Result<SweepReport, StepError> {
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let mut report = SweepReport::default();
+    for job in svc.store.active_jobs().await? {
+        report.jobs += 1;
+        for mut chain in svc.store.list_chains(&job.id).await? {
+            if chain.state != ChainState::Running || now - chain.heartbeat < stall.as_secs() as i64 {
+                continue;
+            }
+            if !stall.is_zero() {
+                chain.restarts += 1;
+                chain.heartbeat = now;
+                match svc.store.save_chain(&mut chain).await {
+                    Ok(()) => {}
+                    Err(StoreError::Conflict) => continue,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            tracing::warn!(job_id = %job.id, chain = %chain.chain_id, step = chain.step, restarts = chain.restarts, "restarting stalled chain");
+            svc.continuation
+                .schedule(StepEvent { job_id: job.id.clone(), chain_id: chain.chain_id.clone(), step: chain.step })
+                .await?;
+            report.restarted += 1;
+        }
+    }
+    Ok(report)
+}

@@ -1,0 +1,184 @@
+//! Shared fixtures: a full export stack per test on ephemeral loopback ports.
+//! Storage is the embedded dynoxide + s3s-fs pair, or, when
+//! `AWS_ENDPOINT_URL_DYNAMODB` / `AWS_ENDPOINT_URL_S3` are set (the moto lane),
+//! those servers, each test using its own table and bucket.
+#![allow(dead_code)]
+
+use bulk_export::aws_clients::Endpoints;
+use bulk_export::http_server::no_auth;
+use bulk_export::stack::{SourceSpec, Stack, StackOptions, build, start};
+use bulk_export_core::config::ExportConfig;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// A unique lowercase name for tables, buckets and directories.
+pub fn unique(prefix: &str) -> String {
+    let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+    format!("{prefix}-{}-{n}-{}", std::process::id(), rand_suffix())
+}
+
+fn rand_suffix() -> String {
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    format!("{t:x}")
+}
+
+/// Which storage lane this run uses.
+pub fn lane() -> &'static str {
+    if std::env::var("AWS_ENDPOINT_URL_S3").is_ok() { "external" } else { "embedded" }
+}
+
+fn endpoints() -> (Endpoints, bool) {
+    let d = std::env::var("AWS_ENDPOINT_URL_DYNAMODB").ok();
+    let s = std::env::var("AWS_ENDPOINT_URL_S3").ok();
+    if d.is_some() || s.is_some() {
+        let creds = Some(("testing".to_string(), "testing".to_string()));
+        (Endpoints { dynamodb: d, s3: s, static_credentials: creds }, false)
+    } else {
+        (Endpoints::default(), true)
+    }
+}
+
+/// A temporary directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(prefix: &str) -> Self {
+        let p = std::env::temp_dir().join(unique(prefix));
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Test config: small parts and files unless a test overrides them.
+pub fn small_config() -> ExportConfig {
+    ExportConfig {
+        table: unique("jobs"),
+        bucket: unique("out"),
+        part_size: 5 * 1024 * 1024,
+        max_file_size: 12 * 1024 * 1024,
+        page_size: 500,
+        retry_after_secs: 1,
+        ..ExportConfig::default()
+    }
+}
+
+pub fn options(data_dir: &Path, source: SourceSpec, config: ExportConfig, workers: usize) -> StackOptions {
+    let (endpoints, use_embedded) = endpoints();
+    StackOptions {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: data_dir.to_path_buf(),
+        source,
+        base_url: None,
+        endpoints,
+        use_embedded,
+        config,
+        workers,
+        stall_timeout: Duration::from_secs(600),
+        auth: no_auth(),
+    }
+}
+
+/// A running stack with workers and an HTTP server.
+pub async fn running_stack(data_dir: &Path, source: SourceSpec, config: ExportConfig, workers: usize) -> Stack {
+    start(options(data_dir, source, config, workers)).await.unwrap()
+}
+
+/// Services without workers or HTTP, for driving steps by hand.
+pub async fn bare_stack(data_dir: &Path, source: SourceSpec, config: ExportConfig) -> Stack {
+    build(&options(data_dir, source, config, 0), "http://127.0.0.1:9/fhir".into()).await.unwrap()
+}
+
+pub fn http() -> reqwest::Client {
+    reqwest::Client::builder().timeout(Duration::from_secs(120)).build().unwrap()
+}
+
+/// Kick-off GET with the standard headers; returns the status URL.
+pub async fn kickoff(base: &str, query: &str) -> String {
+    let url = if query.is_empty() { format!("{base}/$export") } else { format!("{base}/$export?{query}") };
+    let resp = http()
+        .get(url)
+        .header("Accept", "application/fhir+json")
+        .header("Prefer", "respond-async")
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status();
+    let loc = resp.headers().get("content-location").map(|v| v.to_str().unwrap().to_string());
+    assert_eq!(status, 202, "kick-off failed: {}", resp.text().await.unwrap_or_default());
+    loc.expect("Content-Location")
+}
+
+/// Polls until 200; returns the manifest.
+pub async fn wait_complete(status_url: &str) -> Value {
+    for _ in 0..3000 {
+        let resp = http().get(status_url).header("Accept", "application/json").send().await.unwrap();
+        match resp.status().as_u16() {
+            200 => {
+                assert!(resp.headers()["content-type"].to_str().unwrap().starts_with("application/json"));
+                assert!(resp.headers().contains_key("expires"));
+                return resp.json().await.unwrap();
+            }
+            202 => {
+                let p = resp.headers().get("x-progress").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
+                assert!(p.len() < 100 && p.split('%').next().unwrap().parse::<u32>().is_ok(), "X-Progress {p:?}");
+                assert!(resp.headers()["retry-after"].to_str().unwrap().parse::<u64>().is_ok());
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            s => panic!("status answered {s}: {}", resp.text().await.unwrap_or_default()),
+        }
+    }
+    panic!("export did not complete in time");
+}
+
+/// Downloads every output file: (type, url, lines).
+pub async fn download_outputs(manifest: &Value) -> Vec<(String, String, Vec<u8>)> {
+    let mut out = Vec::new();
+    for item in manifest["output"].as_array().unwrap() {
+        let ty = item["type"].as_str().unwrap().to_string();
+        let url = item["url"].as_str().unwrap().to_string();
+        let resp = http().get(&url).send().await.unwrap();
+        assert_eq!(resp.status(), 200, "download of {url}");
+        let body = resp.bytes().await.unwrap().to_vec();
+        let lines = body.iter().filter(|b| **b == b'\n').count() as u64;
+        assert_eq!(item["count"].as_u64(), Some(lines), "manifest count of {ty}");
+        out.push((ty, url, body));
+    }
+    out
+}
+
+/// (type, id) → occurrences, from NDJSON bodies.
+pub fn multiset<'a>(bodies: impl Iterator<Item = &'a [u8]>) -> BTreeMap<(String, String), u32> {
+    let mut m = BTreeMap::new();
+    for body in bodies {
+        for line in body.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+            let v: Value = serde_json::from_slice(line).expect("every line is JSON");
+            let key = (v["resourceType"].as_str().unwrap().to_string(), v["id"].as_str().unwrap().to_string());
+            *m.entry(key).or_insert(0) += 1;
+        }
+    }
+    m
+}
+
+/// The multiset of a source directory's resources.
+pub fn source_multiset(dir: &Path, skip_group: bool) -> BTreeMap<(String, String), u32> {
+    let mut bodies = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if skip_group && p.file_name().unwrap() == "Group.ndjson" {
+            continue;
+        }
+        bodies.push(std::fs::read(p).unwrap());
+    }
+    multiset(bodies.iter().map(|b| b.as_slice()))
+}
