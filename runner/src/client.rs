@@ -64,7 +64,9 @@ fn authed(rb: reqwest::RequestBuilder, token: &Option<String>) -> reqwest::Reque
 
 /// Runs an export to completion and downloads every file.
 pub async fn run_export(args: &ExportArgs) -> Result<ExportSummary, ClientError> {
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(300)).build()?;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(300))
+        .build()?;
     let base = args.base_url.trim_end_matches('/');
     let mut url = match &args.group {
         Some(g) => format!("{base}/Group/{g}/$export"),
@@ -88,7 +90,9 @@ pub async fn run_export(args: &ExportArgs) -> Result<ExportSummary, ClientError>
     if resp.status().as_u16() != 202 {
         let status = resp.status();
         let body = resp.text().await.unwrap_or_default();
-        return Err(ClientError::Protocol(format!("kick-off answered {status}: {body}")));
+        return Err(ClientError::Protocol(format!(
+            "kick-off answered {status}: {body}"
+        )));
     }
     let status_url = resp
         .headers()
@@ -108,9 +112,16 @@ pub async fn run_export(args: &ExportArgs) -> Result<ExportSummary, ClientError>
     download_all(&http, &manifest, args).await
 }
 
-async fn poll_until_done(http: &reqwest::Client, status_url: &str, args: &ExportArgs) -> Result<Value, ClientError> {
+async fn poll_until_done(
+    http: &reqwest::Client,
+    status_url: &str,
+    args: &ExportArgs,
+) -> Result<Value, ClientError> {
     loop {
-        let resp = authed(http.get(status_url), &args.token).header("Accept", "application/json").send().await?;
+        let resp = authed(http.get(status_url), &args.token)
+            .header("Accept", "application/json")
+            .send()
+            .await?;
         let code = resp.status().as_u16();
         let retry = resp
             .headers()
@@ -127,28 +138,51 @@ async fn poll_until_done(http: &reqwest::Client, status_url: &str, args: &Export
             }
             202 | 429 => {
                 if args.progress {
-                    let progress = resp.headers().get("x-progress").and_then(|v| v.to_str().ok()).unwrap_or("");
-                    let pct: usize = progress.split('%').next().and_then(|p| p.trim().parse().ok()).unwrap_or(0);
+                    let progress = resp
+                        .headers()
+                        .get("x-progress")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("");
+                    let pct: usize = progress
+                        .split('%')
+                        .next()
+                        .and_then(|p| p.trim().parse().ok())
+                        .unwrap_or(0);
                     let filled = pct.min(100) * 40 / 100;
-                    eprint!("\r[{}{}] {progress:<70}", "#".repeat(filled), ".".repeat(40 - filled));
+                    eprint!(
+                        "\r[{}{}] {progress:<70}",
+                        "#".repeat(filled),
+                        ".".repeat(40 - filled)
+                    );
                     let _ = std::io::stderr().flush();
                 }
                 tokio::time::sleep(Duration::from_secs(retry.clamp(1, 60))).await;
             }
             _ => {
                 let body = resp.text().await.unwrap_or_default();
-                return Err(ClientError::Protocol(format!("status answered {code}: {body}")));
+                return Err(ClientError::Protocol(format!(
+                    "status answered {code}: {body}"
+                )));
             }
         }
     }
 }
 
-async fn download_one(http: &reqwest::Client, url: &str, dest: &Path, token: &Option<String>, with_token: bool) -> Result<u64, ClientError> {
+async fn download_one(
+    http: &reqwest::Client,
+    url: &str,
+    dest: &Path,
+    token: &Option<String>,
+    with_token: bool,
+) -> Result<u64, ClientError> {
     let rb = http.get(url).header("Accept", "application/fhir+ndjson");
     let rb = if with_token { authed(rb, token) } else { rb };
     let resp = rb.send().await?;
     if !resp.status().is_success() {
-        return Err(ClientError::Protocol(format!("download answered {}", resp.status())));
+        return Err(ClientError::Protocol(format!(
+            "download answered {}",
+            resp.status()
+        )));
     }
     let mut file = tokio::fs::File::create(dest).await?;
     let mut lines = 0u64;
@@ -162,16 +196,27 @@ async fn download_one(http: &reqwest::Client, url: &str, dest: &Path, token: &Op
     Ok(lines)
 }
 
-async fn download_all(http: &reqwest::Client, manifest: &Value, args: &ExportArgs) -> Result<ExportSummary, ClientError> {
+async fn download_all(
+    http: &reqwest::Client,
+    manifest: &Value,
+    args: &ExportArgs,
+) -> Result<ExportSummary, ClientError> {
     std::fs::create_dir_all(&args.out)?;
     let with_token = manifest["requiresAccessToken"].as_bool().unwrap_or(false);
     let mut jobs = Vec::new();
-    for (section, items) in [("output", &manifest["output"]), ("error", &manifest["error"])] {
+    for (section, items) in [
+        ("output", &manifest["output"]),
+        ("error", &manifest["error"]),
+    ] {
         for (i, item) in items.as_array().into_iter().flatten().enumerate() {
             let ty = item["type"].as_str().unwrap_or("Unknown").to_string();
             let url = item["url"].as_str().unwrap_or("").to_string();
             let expected = item["count"].as_u64();
-            let name = if section == "error" { format!("error-{ty}-{}.ndjson", i + 1) } else { format!("{ty}-{}.ndjson", i + 1) };
+            let name = if section == "error" {
+                format!("error-{ty}-{}.ndjson", i + 1)
+            } else {
+                format!("{ty}-{}.ndjson", i + 1)
+            };
             jobs.push((section, ty, url, expected, args.out.join(name)));
         }
     }
@@ -181,7 +226,9 @@ async fn download_all(http: &reqwest::Client, manifest: &Value, args: &ExportArg
             if let Some(exp) = expected
                 && exp != lines
             {
-                return Err(ClientError::Protocol(format!("{ty}: manifest count {exp} but file has {lines} lines")));
+                return Err(ClientError::Protocol(format!(
+                    "{ty}: manifest count {exp} but file has {lines} lines"
+                )));
             }
             let bytes = std::fs::metadata(&dest)?.len();
             Ok::<_, ClientError>((section, ty, lines, bytes))
@@ -189,7 +236,10 @@ async fn download_all(http: &reqwest::Client, manifest: &Value, args: &ExportArg
         .buffer_unordered(4)
         .collect()
         .await;
-    let mut summary = ExportSummary { manifest: manifest.clone(), ..Default::default() };
+    let mut summary = ExportSummary {
+        manifest: manifest.clone(),
+        ..Default::default()
+    };
     for r in results {
         let (section, ty, lines, bytes) = r?;
         if section == "error" {
@@ -206,7 +256,10 @@ async fn download_all(http: &reqwest::Client, manifest: &Value, args: &ExportArg
 
 /// Formats the per-type summary table.
 pub fn summary_table(s: &ExportSummary) -> String {
-    let mut out = format!("{:<22} {:>10} {:>12} {:>6}\n", "type", "resources", "bytes", "files");
+    let mut out = format!(
+        "{:<22} {:>10} {:>12} {:>6}\n",
+        "type", "resources", "bytes", "files"
+    );
     let (mut tr, mut tb, mut tf) = (0, 0, 0);
     for (ty, (r, b, f)) in &s.per_type {
         out.push_str(&format!("{ty:<22} {r:>10} {b:>12} {f:>6}\n"));
@@ -216,7 +269,10 @@ pub fn summary_table(s: &ExportSummary) -> String {
     }
     out.push_str(&format!("{:<22} {tr:>10} {tb:>12} {tf:>6}\n", "total"));
     if s.errors > 0 {
-        out.push_str(&format!("errors: {} OperationOutcome(s) in error files\n", s.errors));
+        out.push_str(&format!(
+            "errors: {} OperationOutcome(s) in error files\n",
+            s.errors
+        ));
     }
     out
 }

@@ -43,7 +43,8 @@ const START: i64 = 1_577_836_800; // 2020-01-01T00:00:00Z
 const SPAN: u64 = 5 * 365 * 24 * 3600;
 
 fn instant(unix: i64) -> String {
-    let t = time::OffsetDateTime::from_unix_timestamp(unix).unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    let t =
+        time::OffsetDateTime::from_unix_timestamp(unix).unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
     format!(
         "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.000Z",
         t.year(),
@@ -76,8 +77,12 @@ impl Writers {
     }
 }
 
-const GIVEN: &[&str] = &["Ana", "Ben", "Chloe", "Dev", "Elif", "Femi", "Gus", "Hana", "Ivan", "Jun", "Kai", "Lena"];
-const FAMILY: &[&str] = &["Smith", "Okafor", "Nguyen", "Garcia", "Muller", "Rossi", "Tanaka", "Kowalski", "Haddad"];
+const GIVEN: &[&str] = &[
+    "Ana", "Ben", "Chloe", "Dev", "Elif", "Femi", "Gus", "Hana", "Ivan", "Jun", "Kai", "Lena",
+];
+const FAMILY: &[&str] = &[
+    "Smith", "Okafor", "Nguyen", "Garcia", "Muller", "Rossi", "Tanaka", "Kowalski", "Haddad",
+];
 const LOINC: &[(&str, &str, &str)] = &[
     ("8867-4", "Heart rate", "/min"),
     ("8480-6", "Systolic blood pressure", "mm[Hg]"),
@@ -86,7 +91,11 @@ const LOINC: &[(&str, &str, &str)] = &[
     ("8302-2", "Body height", "cm"),
     ("2339-0", "Glucose [Mass/volume] in Blood", "mg/dL"),
     ("718-7", "Hemoglobin [Mass/volume] in Blood", "g/dL"),
-    ("2093-3", "Cholesterol [Mass/volume] in Serum or Plasma", "mg/dL"),
+    (
+        "2093-3",
+        "Cholesterol [Mass/volume] in Serum or Plasma",
+        "mg/dL",
+    ),
 ];
 const CATEGORY: &[&str] = &["vital-signs", "laboratory"];
 
@@ -94,7 +103,11 @@ const CATEGORY: &[&str] = &["vital-signs", "laboratory"];
 pub fn generate(out: &Path, patients: u64, seed: u64) -> std::io::Result<Counts> {
     std::fs::create_dir_all(out)?;
     let mut rng = Rng::new(seed);
-    let mut w = Writers { files: BTreeMap::new(), counts: Counts::new(), dir: out.to_path_buf() };
+    let mut w = Writers {
+        files: BTreeMap::new(),
+        counts: Counts::new(),
+        dir: out.to_path_buf(),
+    };
     let orgs = patients / 50 + 1;
     let practitioners = patients / 10 + 1;
     let lu = |rng: &mut Rng| instant(START + rng.range(0, SPAN) as i64);
@@ -210,7 +223,9 @@ pub fn generate(out: &Path, patients: u64, seed: u64) -> std::io::Result<Counts>
             );
             w.line("Immunization", &json)?;
         }
-        let note: String = (0..rng.range(40, 120)).map(|k| if k % 4 == 3 { 'Q' } else { 'A' }).collect();
+        let note: String = (0..rng.range(40, 120))
+            .map(|k| if k % 4 == 3 { 'Q' } else { 'A' })
+            .collect();
         let json = format!(
             r#"{{"resourceType":"DocumentReference","id":"doc-{i}","meta":{{"lastUpdated":"{}"}},"status":"current","type":{{"coding":[{{"system":"http://loinc.org","code":"34117-2"}}]}},"subject":{{"reference":"Patient/{pid}"}},"date":"{}","content":[{{"attachment":{{"contentType":"text/plain","data":"{note}"}}}}]}}"#,
             lu(&mut rng),
@@ -221,7 +236,9 @@ pub fn generate(out: &Path, patients: u64, seed: u64) -> std::io::Result<Counts>
     // Groups: all patients, every third patient (with an inactive member and a
     // nested group), and a small one.
     let members = |ids: &mut dyn Iterator<Item = u64>| -> String {
-        ids.map(|i| format!(r#"{{"entity":{{"reference":"Patient/pt-{i}"}}}}"#)).collect::<Vec<_>>().join(",")
+        ids.map(|i| format!(r#"{{"entity":{{"reference":"Patient/pt-{i}"}}}}"#))
+            .collect::<Vec<_>>()
+            .join(",")
     };
     let groups = [
         ("all-patients", members(&mut (0..patients))),

@@ -14,9 +14,14 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 
 /// Authenticates a request; `Err` is the response to send instead.
-pub type Authenticator = Arc<dyn Fn(&http::request::Parts) -> Result<Caller, ApiError> + Send + Sync>;
+pub type Authenticator =
+    Arc<dyn Fn(&http::request::Parts) -> Result<Caller, ApiError> + Send + Sync>;
 
-async fn serve_one(svc: ExportServices, auth: Authenticator, req: http::Request<Incoming>) -> http::Response<Full<Bytes>> {
+async fn serve_one(
+    svc: ExportServices,
+    auth: Authenticator,
+    req: http::Request<Incoming>,
+) -> http::Response<Full<Bytes>> {
     let (parts, body) = req.into_parts();
     let resp = match auth(&parts) {
         Err(e) => e.into_response(),
@@ -27,7 +32,8 @@ async fn serve_one(svc: ExportServices, auth: Authenticator, req: http::Request<
                     let req = http::Request::from_parts(parts, collected.to_bytes());
                     handle(&svc, &caller, req).await
                 }
-                Err(_) => ApiError::PayloadTooLarge(format!("request body exceeds {limit} bytes")).into_response(),
+                Err(_) => ApiError::PayloadTooLarge(format!("request body exceeds {limit} bytes"))
+                    .into_response(),
             }
         }
     };
@@ -52,7 +58,9 @@ pub async fn serve(listener: TcpListener, svc: ExportServices, auth: Authenticat
             let auth = auth.clone();
             async move { Ok::<_, Infallible>(serve_one(svc, auth, req).await) }
         });
-        let conn = http.serve_connection(TokioIo::new(socket), service).into_owned();
+        let conn = http
+            .serve_connection(TokioIo::new(socket), service)
+            .into_owned();
         tokio::spawn(async move {
             let _ = conn.await;
         });

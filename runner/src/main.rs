@@ -13,7 +13,11 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 #[derive(Parser)]
-#[command(name = "bulk-export", version, about = "FHIR Bulk Data $export: local runner, generator and client")]
+#[command(
+    name = "bulk-export",
+    version,
+    about = "FHIR Bulk Data $export: local runner, generator and client"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -114,20 +118,29 @@ struct ServeArgs {
 
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("BULK_EXPORT_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,dynoxide=error,s3s=error"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
-async fn start_stack(args: &ServeArgs, default_patients: u64) -> Result<bulk_export::stack::Stack, String> {
+async fn start_stack(
+    args: &ServeArgs,
+    default_patients: u64,
+) -> Result<bulk_export::stack::Stack, String> {
     if !args.listen.ip().is_loopback() {
-        return Err("without authentication configured, serve only binds loopback addresses".into());
+        return Err(
+            "without authentication configured, serve only binds loopback addresses".into(),
+        );
     }
     let source = match &args.source {
         Some(s) => SourceSpec::parse(s)?,
         None => {
             let dir = args.data_dir.join("dataset");
             if !dir.join("Patient.ndjson").exists() {
-                generate(&dir, default_patients, 1).map_err(|e| format!("generating dataset: {e}"))?;
+                generate(&dir, default_patients, 1)
+                    .map_err(|e| format!("generating dataset: {e}"))?;
             }
             SourceSpec::Ndjson(dir)
         }
@@ -149,7 +162,11 @@ async fn start_stack(args: &ServeArgs, default_patients: u64) -> Result<bulk_exp
         data_dir: args.data_dir.clone(),
         source,
         base_url: args.base_url.clone(),
-        endpoints: Endpoints { dynamodb: args.dynamodb_endpoint.clone(), s3: args.s3_endpoint.clone(), static_credentials: None },
+        endpoints: Endpoints {
+            dynamodb: args.dynamodb_endpoint.clone(),
+            s3: args.s3_endpoint.clone(),
+            static_credentials: None,
+        },
         use_embedded: true,
         config,
         workers: args.workers,
@@ -173,22 +190,44 @@ async fn main() -> ExitCode {
             }
             Err(e) => Err(e),
         },
-        Command::Generate { patients, seed, out } => {
+        Command::Generate {
+            patients,
+            seed,
+            out,
+        } => {
             let t = std::time::Instant::now();
-            generate(&out, patients, seed).map_err(|e| e.to_string()).map(|counts| {
-                let bytes: u64 = std::fs::read_dir(&out)
-                    .map(|d| d.filter_map(Result::ok).filter_map(|e| e.metadata().ok()).map(|m| m.len()).sum())
-                    .unwrap_or(0);
-                for (ty, n) in &counts {
-                    println!("{ty:<22} {n:>10}");
-                }
-                let secs = t.elapsed().as_secs_f64();
-                println!("{} bytes in {:.2}s ({:.1} MB/s)", bytes, secs, bytes as f64 / 1e6 / secs.max(1e-9));
-            })
+            generate(&out, patients, seed)
+                .map_err(|e| e.to_string())
+                .map(|counts| {
+                    let bytes: u64 = std::fs::read_dir(&out)
+                        .map(|d| {
+                            d.filter_map(Result::ok)
+                                .filter_map(|e| e.metadata().ok())
+                                .map(|m| m.len())
+                                .sum()
+                        })
+                        .unwrap_or(0);
+                    for (ty, n) in &counts {
+                        println!("{ty:<22} {n:>10}");
+                    }
+                    let secs = t.elapsed().as_secs_f64();
+                    println!(
+                        "{} bytes in {:.2}s ({:.1} MB/s)",
+                        bytes,
+                        secs,
+                        bytes as f64 / 1e6 / secs.max(1e-9)
+                    );
+                })
         }
-        Command::Demo { patients, data_dir, out } => {
+        Command::Demo {
+            patients,
+            data_dir,
+            out,
+        } => {
             let args = ServeArgs {
-                listen: "127.0.0.1:0".parse().unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0))),
+                listen: "127.0.0.1:0"
+                    .parse()
+                    .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0))),
                 data_dir,
                 source: None,
                 base_url: None,
@@ -207,17 +246,44 @@ async fn main() -> ExitCode {
                 Ok(stack) => {
                     println!("embedded stack listening on {}", stack.base_url);
                     let t = std::time::Instant::now();
-                    let ea = ExportArgs { base_url: stack.base_url.clone(), out: out.clone(), progress: true, ..Default::default() };
+                    let ea = ExportArgs {
+                        base_url: stack.base_url.clone(),
+                        out: out.clone(),
+                        progress: true,
+                        ..Default::default()
+                    };
                     run_export(&ea).await.map_err(|e| e.to_string()).map(|s| {
                         println!("{}", summary_table(&s));
-                        println!("exported in {:.1}s into {}", t.elapsed().as_secs_f64(), out.display());
+                        println!(
+                            "exported in {:.1}s into {}",
+                            t.elapsed().as_secs_f64(),
+                            out.display()
+                        );
                     })
                 }
             }
         }
-        Command::Export { base_url, types, since, group, out, token } => {
-            let ea = ExportArgs { base_url, types, since, group, out, token, progress: true };
-            run_export(&ea).await.map_err(|e| e.to_string()).map(|s| println!("{}", summary_table(&s)))
+        Command::Export {
+            base_url,
+            types,
+            since,
+            group,
+            out,
+            token,
+        } => {
+            let ea = ExportArgs {
+                base_url,
+                types,
+                since,
+                group,
+                out,
+                token,
+                progress: true,
+            };
+            run_export(&ea)
+                .await
+                .map_err(|e| e.to_string())
+                .map(|s| println!("{}", summary_table(&s)))
         }
     };
     match result {

@@ -38,9 +38,14 @@ impl SourceSpec {
         if let Some(dir) = s.strip_prefix("ndjson:") {
             Ok(SourceSpec::Ndjson(PathBuf::from(dir)))
         } else if s.starts_with("http://") || s.starts_with("https://") {
-            Ok(SourceSpec::Fhir { base: s.to_string(), token: std::env::var("BULK_EXPORT_UPSTREAM_TOKEN").ok() })
+            Ok(SourceSpec::Fhir {
+                base: s.to_string(),
+                token: std::env::var("BULK_EXPORT_UPSTREAM_TOKEN").ok(),
+            })
         } else {
-            Err(format!("source '{s}' must be ndjson:<dir> or an http(s):// FHIR base URL"))
+            Err(format!(
+                "source '{s}' must be ndjson:<dir> or an http(s):// FHIR base URL"
+            ))
         }
     }
 
@@ -48,7 +53,8 @@ impl SourceSpec {
         Ok(match self {
             SourceSpec::Ndjson(dir) => Arc::new(NdjsonSource::new(dir)),
             SourceSpec::Fhir { base, token } => Arc::new(
-                FhirServerSource::new(base, token.clone(), RetryPolicy::default()).map_err(|e| e.to_string())?,
+                FhirServerSource::new(base, token.clone(), RetryPolicy::default())
+                    .map_err(|e| e.to_string())?,
             ),
         })
     }
@@ -106,10 +112,18 @@ pub async fn build(opts: &StackOptions, base_url: String) -> Result<Stack, Stack
         std::fs::create_dir_all(&opts.data_dir).map_err(|e| StackError(e.to_string()))?;
         if endpoints.dynamodb.is_none() {
             let path = opts.data_dir.join("jobs.sqlite");
-            endpoints.dynamodb = Some(start_dynamodb(Some(&path)).await.map_err(|e| StackError(e.to_string()))?);
+            endpoints.dynamodb = Some(
+                start_dynamodb(Some(&path))
+                    .await
+                    .map_err(|e| StackError(e.to_string()))?,
+            );
         }
         if endpoints.s3.is_none() {
-            endpoints.s3 = Some(start_s3(&opts.data_dir.join("s3")).await.map_err(|e| StackError(e.to_string()))?);
+            endpoints.s3 = Some(
+                start_s3(&opts.data_dir.join("s3"))
+                    .await
+                    .map_err(|e| StackError(e.to_string()))?,
+            );
         }
         if endpoints.static_credentials.is_none() {
             endpoints.static_credentials = Some((LOCAL_ACCESS_KEY.into(), LOCAL_SECRET_KEY.into()));
@@ -119,9 +133,15 @@ pub async fn build(opts: &StackOptions, base_url: String) -> Result<Stack, Stack
     config.base_url = base_url.clone();
     config.validate().map_err(|e| StackError(e.to_string()))?;
     let store = DynamoJobStore::new(dynamodb_client(&endpoints).await, &config.table);
-    store.ensure_table().await.map_err(|e| StackError(e.to_string()))?;
+    store
+        .ensure_table()
+        .await
+        .map_err(|e| StackError(e.to_string()))?;
     let objects = S3ObjectStore::new(s3_client(&endpoints).await, &config.bucket);
-    objects.ensure_bucket().await.map_err(|e| StackError(e.to_string()))?;
+    objects
+        .ensure_bucket()
+        .await
+        .map_err(|e| StackError(e.to_string()))?;
     let (continuation, queue) = step_queue();
     let services = ExportServices {
         config: Arc::new(config),
@@ -130,7 +150,13 @@ pub async fn build(opts: &StackOptions, base_url: String) -> Result<Stack, Stack
         source: opts.source.build().map_err(StackError)?,
         continuation: Arc::new(continuation),
     };
-    Ok(Stack { base_url, services, queue, objects, endpoints })
+    Ok(Stack {
+        base_url,
+        services,
+        queue,
+        objects,
+        endpoints,
+    })
 }
 
 /// Starts everything: embedded servers, workers, watchdog, HTTP server.
@@ -139,12 +165,21 @@ pub async fn start(opts: StackOptions) -> Result<Stack, StackError> {
     let listener = tokio::net::TcpListener::bind(opts.listen)
         .await
         .map_err(|e| StackError(format!("cannot listen on {}: {e}", opts.listen)))?;
-    let addr = listener.local_addr().map_err(|e| StackError(e.to_string()))?;
-    let base_url = opts.base_url.clone().unwrap_or_else(|| format!("http://{addr}/fhir"));
+    let addr = listener
+        .local_addr()
+        .map_err(|e| StackError(e.to_string()))?;
+    let base_url = opts
+        .base_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{addr}/fhir"));
     let stack = build(&opts, base_url).await?;
-    stack.queue.spawn_workers(stack.services.clone(), opts.workers);
+    stack
+        .queue
+        .spawn_workers(stack.services.clone(), opts.workers);
     // Resume chains of jobs an earlier process left running.
-    sweep(&stack.services, Duration::ZERO).await.map_err(|e| StackError(e.to_string()))?;
+    sweep(&stack.services, Duration::ZERO)
+        .await
+        .map_err(|e| StackError(e.to_string()))?;
     let svc = stack.services.clone();
     let stall = opts.stall_timeout;
     tokio::spawn(async move {

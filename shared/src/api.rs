@@ -1,8 +1,8 @@
 //! The HTTP surface: one function from `http::Request` to `http::Response`,
 //! shared by the Lambda functions, the local runner and the tests.
 
-use crate::cancel::cancel;
 use crate::caller::Caller;
+use crate::cancel::cancel;
 use crate::capability::capability_statement;
 use crate::export_request::{ExportLevel, is_fhir_id};
 use crate::kickoff::kickoff;
@@ -34,7 +34,10 @@ pub fn route(rel: &str) -> Result<Route, ApiError> {
             if is_fhir_id(id) {
                 Ok(Route::Kickoff(ExportLevel::Group((*id).to_string())))
             } else {
-                Err(ApiError::BadRequest(format!("Group id {} is not a valid FHIR id", quote(id))))
+                Err(ApiError::BadRequest(format!(
+                    "Group id {} is not a valid FHIR id",
+                    quote(id)
+                )))
             }
         }
         ["$export-status", id] => Ok(Route::Status((*id).to_string())),
@@ -64,16 +67,25 @@ pub async fn handle(svc: &ExportServices, caller: &Caller, req: Request<Bytes>) 
     }
 }
 
-async fn dispatch(svc: &ExportServices, caller: &Caller, req: &Request<Bytes>) -> Result<Response<Bytes>, ApiError> {
+async fn dispatch(
+    svc: &ExportServices,
+    caller: &Caller,
+    req: &Request<Bytes>,
+) -> Result<Response<Bytes>, ApiError> {
     let raw_len = req.uri().path().len() + req.uri().query().map_or(0, |q| q.len() + 1);
     if raw_len > svc.config.max_url_bytes {
-        return Err(ApiError::UriTooLong(format!("request URL exceeds {} bytes", svc.config.max_url_bytes)));
+        return Err(ApiError::UriTooLong(format!(
+            "request URL exceeds {} bytes",
+            svc.config.max_url_bytes
+        )));
     }
     let decoded = percent_encoding::percent_decode_str(req.uri().path())
         .decode_utf8()
         .map_err(|_| ApiError::BadRequest("request path is not valid UTF-8".into()))?;
     if decoded.chars().any(char::is_control) {
-        return Err(ApiError::BadRequest("request path contains control characters".into()));
+        return Err(ApiError::BadRequest(
+            "request path contains control characters".into(),
+        ));
     }
     let rel = relative_path(svc, &decoded)
         .ok_or_else(|| ApiError::NotFound(format!("no route for {}", quote(&decoded))))?;
@@ -84,7 +96,10 @@ async fn dispatch(svc: &ExportServices, caller: &Caller, req: &Request<Bytes>) -
             if method != Method::GET {
                 return Err(ApiError::MethodNotAllowed { allow: "GET" });
             }
-            Ok(fhir_json(StatusCode::OK, &capability_statement(svc.config.base())))
+            Ok(fhir_json(
+                StatusCode::OK,
+                &capability_statement(svc.config.base()),
+            ))
         }
         Route::Kickoff(level) => {
             if method != Method::GET && method != Method::POST {
@@ -102,7 +117,9 @@ async fn dispatch(svc: &ExportServices, caller: &Caller, req: &Request<Bytes>) -
         Route::Status(id) => match *method {
             Method::GET => status(svc, caller, &id).await,
             Method::DELETE => cancel(svc, caller, &id).await,
-            _ => Err(ApiError::MethodNotAllowed { allow: "GET, DELETE" }),
+            _ => Err(ApiError::MethodNotAllowed {
+                allow: "GET, DELETE",
+            }),
         },
     }
 }

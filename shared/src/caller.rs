@@ -12,6 +12,9 @@ pub struct Caller {
 impl Caller {
     /// The caller used when authentication is not configured (loopback only).
     pub fn anonymous() -> Self {
-        Self { client_id: "anonymous".into(), scopes: vec!["system/*.read".into()] }
+        Self {
+            client_id: "anonymous".into(),
+            scopes: vec!["system/*.read".into()],
+        }
     }
 }

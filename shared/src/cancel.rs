@@ -8,15 +8,31 @@ use bytes::Bytes;
 use http::{Response, StatusCode};
 
 /// Cancels a queued, running or complete job.
-pub async fn cancel(svc: &ExportServices, caller: &Caller, job_id: &str) -> Result<Response<Bytes>, ApiError> {
+pub async fn cancel(
+    svc: &ExportServices,
+    caller: &Caller,
+    job_id: &str,
+) -> Result<Response<Bytes>, ApiError> {
     let job = load_visible_job(svc, caller, job_id).await?;
-    let unavailable = |e: &dyn std::fmt::Display| ApiError::Unavailable(format!("could not cancel: {e}"));
-    if !svc.store.cancel_job(&job.id).await.map_err(|e| unavailable(&e))? {
-        return Err(ApiError::NotFound("this export was already cancelled".into()));
+    let unavailable =
+        |e: &dyn std::fmt::Display| ApiError::Unavailable(format!("could not cancel: {e}"));
+    if !svc
+        .store
+        .cancel_job(&job.id)
+        .await
+        .map_err(|e| unavailable(&e))?
+    {
+        return Err(ApiError::NotFound(
+            "this export was already cancelled".into(),
+        ));
     }
     // Running chains stop at their next step; open uploads are aborted here too
     // so nothing lingers if a chain never runs again.
-    let chains = svc.store.list_chains(&job.id).await.map_err(|e| unavailable(&e))?;
+    let chains = svc
+        .store
+        .list_chains(&job.id)
+        .await
+        .map_err(|e| unavailable(&e))?;
     for chain in chains {
         if let Some(open) = &chain.open_file
             && let Err(e) = svc.objects.abort_upload(&open.key, &open.upload_id).await
@@ -29,6 +45,10 @@ pub async fn cancel(svc: &ExportServices, caller: &Caller, job_id: &str) -> Resu
         .await
         .map_err(|e| unavailable(&e))?;
     tracing::info!(job_id = %job.id, "export cancelled");
-    let body = operation_outcome(Severity::Information, "informational", "Export cancelled; its files were deleted.");
+    let body = operation_outcome(
+        Severity::Information,
+        "informational",
+        "Export cancelled; its files were deleted.",
+    );
     Ok(fhir_json(StatusCode::ACCEPTED, &body))
 }

@@ -30,4 +30,3 @@ pub fn capability_statement(base: &str) -> Value {
         }]
     })
 }
-

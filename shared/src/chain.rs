@@ -7,7 +7,9 @@ use crate::config::MIN_PART_SIZE;
 use crate::continuation::ContinuationError;
 use crate::export_request::TypeFilter;
 use crate::instant::{now_millis, parse_instant};
-use crate::job::{Chain, ChainState, FileKind, FileRecord, Job, JobStatus, OpenFile, StepEvent, file_name};
+use crate::job::{
+    Chain, ChainState, FileKind, FileRecord, Job, JobStatus, OpenFile, StepEvent, file_name,
+};
 use crate::job_store::StoreError;
 use crate::object_store::ObjectError;
 use crate::outcome::{Severity, operation_outcome};
@@ -80,8 +82,14 @@ fn offset_after_lines(data: &[u8], n: u64) -> usize {
 }
 
 /// Runs one step of one chain.
-pub async fn run_step(svc: &ExportServices, ev: &StepEvent, deadline: Option<Instant>) -> Result<StepOutcome, StepError> {
-    let Some(job) = svc.store.get_job(&ev.job_id).await? else { return Ok(StepOutcome::Stale) };
+pub async fn run_step(
+    svc: &ExportServices,
+    ev: &StepEvent,
+    deadline: Option<Instant>,
+) -> Result<StepOutcome, StepError> {
+    let Some(job) = svc.store.get_job(&ev.job_id).await? else {
+        return Ok(StepOutcome::Stale);
+    };
     let Some(mut chain) = svc.store.get_chain(&ev.job_id, &ev.chain_id).await? else {
         return Ok(StepOutcome::Stale);
     };
@@ -95,12 +103,17 @@ pub async fn run_step(svc: &ExportServices, ev: &StepEvent, deadline: Option<Ins
         return Ok(StepOutcome::Stale);
     }
     if job.status == JobStatus::Queued {
-        match svc.store.set_job_status(&job, JobStatus::Running, None).await {
+        match svc
+            .store
+            .set_job_status(&job, JobStatus::Running, None)
+            .await
+        {
             Ok(()) | Err(StoreError::Conflict) => {}
             Err(e) => return Err(e.into()),
         }
     }
-    let span = tracing::info_span!("step", job_id = %job.id, chain = %chain.chain_id, step = chain.step);
+    let span =
+        tracing::info_span!("step", job_id = %job.id, chain = %chain.chain_id, step = chain.step);
     let _enter = span.enter();
     let cfg = &svc.config;
     let since = job.request.since.as_deref().and_then(parse_instant);
@@ -120,10 +133,27 @@ pub async fn run_step(svc: &ExportServices, ev: &StepEvent, deadline: Option<Ins
         filters: &'a [TypeFilter],
         page_size: usize,
     ) -> PageRequest<'a> {
-        PageRequest { resource_type, cursor, since: window.0, until: window.1, type_filters: filters, page_size }
+        PageRequest {
+            resource_type,
+            cursor,
+            since: window.0,
+            until: window.1,
+            type_filters: filters,
+            page_size,
+        }
     }
     let total = if chain.step == 0 && chain.total.is_none() {
-        svc.source.estimate(&page_request(&resource_type, None, (since, until), &filters, cfg.page_size)).await.ok().flatten()
+        svc.source
+            .estimate(&page_request(
+                &resource_type,
+                None,
+                (since, until),
+                &filters,
+                cfg.page_size,
+            ))
+            .await
+            .ok()
+            .flatten()
     } else {
         chain.total
     };
@@ -142,7 +172,17 @@ pub async fn run_step(svc: &ExportServices, ev: &StepEvent, deadline: Option<Ins
     let mut exhausted = false;
     let room = if roll { cfg.max_file_size } else { room_before };
     for _ in 0..MAX_PAGES_PER_STEP {
-        let page = match svc.source.fetch_page(&page_request(&resource_type, cursor.as_deref(), (since, until), &filters, cfg.page_size)).await {
+        let page = match svc
+            .source
+            .fetch_page(&page_request(
+                &resource_type,
+                cursor.as_deref(),
+                (since, until),
+                &filters,
+                cfg.page_size,
+            ))
+            .await
+        {
             Ok(p) => p,
             Err(e) => {
                 drop(_enter);
@@ -214,10 +254,24 @@ pub async fn run_step(svc: &ExportServices, ev: &StepEvent, deadline: Option<Ins
         if let Some(open) = chain.open_file.as_mut() {
             last_part = buf.len();
             let part_number = open.parts.len() as u32 + 1;
-            let etag = match svc.objects.upload_part(&open.key, &open.upload_id, part_number, Bytes::from(buf)).await {
+            let etag = match svc
+                .objects
+                .upload_part(&open.key, &open.upload_id, part_number, Bytes::from(buf))
+                .await
+            {
                 Ok(etag) => etag,
-                // A concurrent duplicate already completed this file.
-                Err(ObjectError::NoSuchUpload) => return Ok(StepOutcome::Stale),
+                Err(ObjectError::NoSuchUpload) => {
+                    // Only a concurrent duplicate of this step completes this
+                    // upload (and then commits); anything else is a fault.
+                    let now = svc.store.get_chain(&job.id, &chain.chain_id).await?;
+                    let moved_on = now.is_some_and(|c| c.version != chain.version);
+                    if moved_on || object_appears(svc, &open.key, None).await? {
+                        return Ok(StepOutcome::Stale);
+                    }
+                    return Err(
+                        ObjectError::Backend(format!("upload of {} vanished", open.key)).into(),
+                    );
+                }
                 Err(e) => return Err(e.into()),
             };
             open.parts.push(etag);
@@ -231,7 +285,12 @@ pub async fn run_step(svc: &ExportServices, ev: &StepEvent, deadline: Option<Ins
     chain.total = total;
     chain.step += 1;
     chain.heartbeat = unix_now();
-    tracing::info!(resources = count, bytes = last_part, exhausted, "step uploaded");
+    tracing::info!(
+        resources = count,
+        bytes = last_part,
+        exhausted,
+        "step uploaded"
+    );
 
     // A part under 5 MiB may only be the last of its file.
     let small_tail = last_part > 0 && last_part < MIN_PART_SIZE;
@@ -256,18 +315,29 @@ pub async fn run_step(svc: &ExportServices, ev: &StepEvent, deadline: Option<Ins
         Err(e) => return Err(e.into()),
     }
     svc.continuation
-        .schedule(StepEvent { job_id: job.id.clone(), chain_id: chain.chain_id.clone(), step: chain.step })
+        .schedule(StepEvent {
+            job_id: job.id.clone(),
+            chain_id: chain.chain_id.clone(),
+            step: chain.step,
+        })
         .await?;
     Ok(StepOutcome::Continued)
 }
 
 /// Reserves a file number and opens its multipart upload, committing each
 /// so a retried step reuses them. Returns false if another writer won.
-async fn open_new_file(svc: &ExportServices, job: &Job, chain: &mut Chain) -> Result<bool, StepError> {
+async fn open_new_file(
+    svc: &ExportServices,
+    job: &Job,
+    chain: &mut Chain,
+) -> Result<bool, StepError> {
     let number = match chain.reserved_number {
         Some(n) => n,
         None => {
-            let n = svc.store.next_file_number(&job.id, &chain.resource_type).await?;
+            let n = svc
+                .store
+                .next_file_number(&job.id, &chain.resource_type)
+                .await?;
             chain.reserved_number = Some(n);
             match svc.store.save_chain(chain).await {
                 Ok(()) => {}
@@ -279,7 +349,14 @@ async fn open_new_file(svc: &ExportServices, job: &Job, chain: &mut Chain) -> Re
     };
     let key = format!("{}/{}", job.folder, file_name(&chain.resource_type, number));
     let upload_id = svc.objects.create_upload(&key).await?;
-    chain.open_file = Some(OpenFile { number, key: key.clone(), upload_id: upload_id.clone(), parts: vec![], bytes: 0, count: 0 });
+    chain.open_file = Some(OpenFile {
+        number,
+        key: key.clone(),
+        upload_id: upload_id.clone(),
+        parts: vec![],
+        bytes: 0,
+        count: 0,
+    });
     chain.reserved_number = None;
     match svc.store.save_chain(chain).await {
         Ok(()) => Ok(true),
@@ -293,17 +370,39 @@ async fn open_new_file(svc: &ExportServices, job: &Job, chain: &mut Chain) -> Re
     }
 }
 
-/// Completes a file (idempotently) and records it.
-async fn complete_file(svc: &ExportServices, job: &Job, chain: &Chain, open: &OpenFile) -> Result<(), StepError> {
-    match svc.objects.complete_upload(&open.key, &open.upload_id, &open.parts).await {
-        Ok(()) => {}
-        Err(ObjectError::NoSuchUpload) => {
-            // Completed by an earlier attempt of this step: the object must be whole.
-            if svc.objects.object_size(&open.key).await? != Some(open.bytes) {
-                return Err(ObjectError::Backend(format!("upload of {} vanished", open.key)).into());
-            }
+/// Waits briefly for an object a concurrent completion is writing; true if it
+/// exists (with `size`, when given).
+async fn object_appears(
+    svc: &ExportServices,
+    key: &str,
+    size: Option<u64>,
+) -> Result<bool, StepError> {
+    for attempt in 0..6u64 {
+        if let Some(found) = svc.objects.object_size(key).await? {
+            return Ok(size.is_none_or(|s| s == found));
         }
-        Err(e) => return Err(e.into()),
+        tokio::time::sleep(Duration::from_millis(50 * (attempt + 1))).await;
+    }
+    Ok(false)
+}
+
+/// Completes a file (idempotently) and records it.
+async fn complete_file(
+    svc: &ExportServices,
+    job: &Job,
+    chain: &Chain,
+    open: &OpenFile,
+) -> Result<(), StepError> {
+    if let Err(e) = svc
+        .objects
+        .complete_upload(&open.key, &open.upload_id, &open.parts)
+        .await
+    {
+        // A duplicate of this step may have completed it already (or be doing
+        // so right now): the file counts as complete only if it is whole.
+        if !object_appears(svc, &open.key, Some(open.bytes)).await? {
+            return Err(e.into());
+        }
     }
     let record = FileRecord {
         resource_type: chain.resource_type.clone(),
@@ -318,7 +417,12 @@ async fn complete_file(svc: &ExportServices, job: &Job, chain: &Chain, open: &Op
 }
 
 /// Writes one OperationOutcome line into a new error file of the job.
-pub async fn write_error_file(svc: &ExportServices, job_id: &str, folder: &str, messages: &[String]) -> Result<(), StepError> {
+pub async fn write_error_file(
+    svc: &ExportServices,
+    job_id: &str,
+    folder: &str,
+    messages: &[String],
+) -> Result<(), StepError> {
     if messages.is_empty() {
         return Ok(());
     }
@@ -328,7 +432,10 @@ pub async fn write_error_file(svc: &ExportServices, job_id: &str, folder: &str, 
         serde_json::to_writer(&mut body, &oo).map_err(|e| ObjectError::Backend(e.to_string()))?;
         body.push(b'\n');
     }
-    let number = svc.store.next_file_number(job_id, "OperationOutcome").await?;
+    let number = svc
+        .store
+        .next_file_number(job_id, "OperationOutcome")
+        .await?;
     let key = format!("{folder}/{}", file_name("OperationOutcome", number));
     let bytes = body.len() as u64;
     svc.objects.put_object(&key, Bytes::from(body)).await?;
@@ -346,7 +453,12 @@ pub async fn write_error_file(svc: &ExportServices, job_id: &str, folder: &str, 
 
 /// Ends a chain whose source failed permanently: what it exported so far is
 /// kept, and an OperationOutcome explains the rest.
-async fn fail_chain(svc: &ExportServices, job: &Job, mut chain: Chain, err: &SourceError) -> Result<StepOutcome, StepError> {
+async fn fail_chain(
+    svc: &ExportServices,
+    job: &Job,
+    mut chain: Chain,
+    err: &SourceError,
+) -> Result<StepOutcome, StepError> {
     tracing::warn!(job_id = %job.id, chain = %chain.chain_id, error = %err, "chain failed");
     if let Some(open) = chain.open_file.take() {
         if open.parts.is_empty() {
@@ -371,7 +483,11 @@ async fn fail_chain(svc: &ExportServices, job: &Job, mut chain: Chain, err: &Sou
     Ok(StepOutcome::Finished)
 }
 
-async fn cancel_chain(svc: &ExportServices, job: &Job, mut chain: Chain) -> Result<StepOutcome, StepError> {
+async fn cancel_chain(
+    svc: &ExportServices,
+    job: &Job,
+    mut chain: Chain,
+) -> Result<StepOutcome, StepError> {
     if let Some(open) = chain.open_file.take() {
         svc.objects.abort_upload(&open.key, &open.upload_id).await?;
     }
@@ -389,13 +505,19 @@ async fn cancel_chain(svc: &ExportServices, job: &Job, mut chain: Chain) -> Resu
 /// cancelled one). Safe to call any number of times.
 pub async fn maybe_complete_job(svc: &ExportServices, job_id: &str) -> Result<(), StepError> {
     for _ in 0..5 {
-        let Some(job) = svc.store.get_job(job_id).await? else { return Ok(()) };
+        let Some(job) = svc.store.get_job(job_id).await? else {
+            return Ok(());
+        };
         if job.chains_remaining > 0 {
             return Ok(());
         }
         match job.status {
             JobStatus::Queued | JobStatus::Running => {
-                match svc.store.set_job_status(&job, JobStatus::Complete, None).await {
+                match svc
+                    .store
+                    .set_job_status(&job, JobStatus::Complete, None)
+                    .await
+                {
                     Ok(()) => {
                         tracing::info!(job_id, "export complete");
                         return Ok(());
@@ -405,7 +527,9 @@ pub async fn maybe_complete_job(svc: &ExportServices, job_id: &str) -> Result<()
                 }
             }
             JobStatus::Cancelled => {
-                svc.objects.delete_prefix(&format!("{}/", job.folder)).await?;
+                svc.objects
+                    .delete_prefix(&format!("{}/", job.folder))
+                    .await?;
                 return Ok(());
             }
             JobStatus::Complete | JobStatus::Failed => return Ok(()),

@@ -64,7 +64,10 @@ pub struct ConfigError {
     pub message: String,
 }
 
-fn env_num<T: std::str::FromStr>(get: &dyn Fn(&str) -> Option<String>, name: &str) -> Result<Option<T>, ConfigError> {
+fn env_num<T: std::str::FromStr>(
+    get: &dyn Fn(&str) -> Option<String>,
+    name: &str,
+) -> Result<Option<T>, ConfigError> {
     match get(name) {
         None => Ok(None),
         Some(v) => v.trim().parse::<T>().map(Some).map_err(|_| ConfigError {
@@ -122,18 +125,33 @@ impl ExportConfig {
 
     /// Checks the invariants the chain relies on.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let err = |name: &str, message: String| ConfigError { name: name.into(), message };
+        let err = |name: &str, message: String| ConfigError {
+            name: name.into(),
+            message,
+        };
         if self.part_size < MIN_PART_SIZE {
-            return Err(err("BULK_EXPORT_PART_SIZE", format!("must be at least {MIN_PART_SIZE}")));
+            return Err(err(
+                "BULK_EXPORT_PART_SIZE",
+                format!("must be at least {MIN_PART_SIZE}"),
+            ));
         }
         if self.max_file_size < 2 * self.part_size {
-            return Err(err("BULK_EXPORT_MAX_FILE_SIZE", "must be at least twice the part size".into()));
+            return Err(err(
+                "BULK_EXPORT_MAX_FILE_SIZE",
+                "must be at least twice the part size".into(),
+            ));
         }
         if self.page_size == 0 || self.page_size > 10_000 {
-            return Err(err("BULK_EXPORT_PAGE_SIZE", "must be between 1 and 10000".into()));
+            return Err(err(
+                "BULK_EXPORT_PAGE_SIZE",
+                "must be between 1 and 10000".into(),
+            ));
         }
         if !(self.base_url.starts_with("http://") || self.base_url.starts_with("https://")) {
-            return Err(err("BULK_EXPORT_BASE_URL", "must be an absolute http(s) URL".into()));
+            return Err(err(
+                "BULK_EXPORT_BASE_URL",
+                "must be an absolute http(s) URL".into(),
+            ));
         }
         Ok(())
     }

@@ -97,7 +97,12 @@ pub fn parse_prefer(value: &str) -> Preferences {
 pub fn check_accept(accept: Option<&str>) -> Result<(), ApiError> {
     let Some(accept) = accept else { return Ok(()) };
     let ok = accept.split(',').any(|item| {
-        let media = item.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+        let media = item
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
         matches!(
             media.as_str(),
             "" | "*/*" | "application/*" | "application/fhir+json" | "application/json"
@@ -116,7 +121,12 @@ pub fn check_accept(accept: Option<&str>) -> Result<(), ApiError> {
 fn is_single_valued(name: &str) -> bool {
     matches!(
         name,
-        "_outputFormat" | "_since" | "_until" | "_container" | "allowPartialManifests" | "organizeOutputBy"
+        "_outputFormat"
+            | "_since"
+            | "_until"
+            | "_container"
+            | "allowPartialManifests"
+            | "organizeOutputBy"
     )
 }
 
@@ -151,32 +161,40 @@ fn decode_component(raw: &str) -> Result<String, ApiError> {
     percent_encoding::percent_decode_str(&spaced)
         .decode_utf8()
         .map(|s| s.into_owned())
-        .map_err(|_| ApiError::BadRequest("query string is not valid UTF-8 after percent-decoding".into()))
+        .map_err(|_| {
+            ApiError::BadRequest("query string is not valid UTF-8 after percent-decoding".into())
+        })
 }
 
 /// Reads a POST kick-off body (a FHIR `Parameters` resource) into pairs.
 pub fn parameters_pairs(body: &[u8]) -> Result<Pairs, ApiError> {
-    let value: Value = serde_json::from_slice(body)
-        .map_err(|e| ApiError::BadRequest(format!("request body is not valid JSON: {}", e.classify_name())))?;
+    let value: Value = serde_json::from_slice(body).map_err(|e| {
+        ApiError::BadRequest(format!(
+            "request body is not valid JSON: {}",
+            e.classify_name()
+        ))
+    })?;
     if value.get("resourceType").and_then(Value::as_str) != Some("Parameters") {
         return Err(ApiError::BadRequest(
             "request body must be a FHIR Parameters resource".into(),
         ));
     }
     let mut pairs = Vec::new();
-    let Some(params) = value.get("parameter") else { return Ok(pairs) };
+    let Some(params) = value.get("parameter") else {
+        return Ok(pairs);
+    };
     let params = params
         .as_array()
         .ok_or_else(|| ApiError::BadRequest("Parameters.parameter must be an array".into()))?;
     for p in params {
-        let name = p
-            .get("name")
-            .and_then(Value::as_str)
-            .ok_or_else(|| ApiError::BadRequest("every Parameters.parameter needs a name".into()))?;
-        let obj = p
-            .as_object()
-            .ok_or_else(|| ApiError::BadRequest("Parameters.parameter entries must be objects".into()))?;
-        let values: Vec<(&String, &Value)> = obj.iter().filter(|(k, _)| k.starts_with("value")).collect();
+        let name = p.get("name").and_then(Value::as_str).ok_or_else(|| {
+            ApiError::BadRequest("every Parameters.parameter needs a name".into())
+        })?;
+        let obj = p.as_object().ok_or_else(|| {
+            ApiError::BadRequest("Parameters.parameter entries must be objects".into())
+        })?;
+        let values: Vec<(&String, &Value)> =
+            obj.iter().filter(|(k, _)| k.starts_with("value")).collect();
         if values.len() != 1 {
             return Err(ApiError::BadRequest(format!(
                 "parameter {} must have exactly one value[x]",
@@ -188,7 +206,12 @@ pub fn parameters_pairs(body: &[u8]) -> Result<Pairs, ApiError> {
             ("valueReference", Value::Object(r)) => r
                 .get("reference")
                 .and_then(Value::as_str)
-                .ok_or_else(|| ApiError::BadRequest(format!("parameter {} needs valueReference.reference", quote(name))))?
+                .ok_or_else(|| {
+                    ApiError::BadRequest(format!(
+                        "parameter {} needs valueReference.reference",
+                        quote(name)
+                    ))
+                })?
                 .to_string(),
             ("valueBoolean", Value::Bool(b)) => b.to_string(),
             (_, Value::String(s)) => s.clone(),
@@ -236,12 +259,23 @@ pub fn is_container_name(value: &str) -> bool {
 /// True if `value` is a valid FHIR logical id.
 pub fn is_fhir_id(value: &str) -> bool {
     (1..=64).contains(&value.len())
-        && value.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'.')
+        && value
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'.')
 }
 
 const FORBIDDEN_FILTER_PARAMS: &[&str] = &[
-    "_include", "_revinclude", "_sort", "_count", "_elements", "_summary", "_contained",
-    "_containedType", "_format", "_pretty", "_total",
+    "_include",
+    "_revinclude",
+    "_sort",
+    "_count",
+    "_elements",
+    "_summary",
+    "_contained",
+    "_containedType",
+    "_format",
+    "_pretty",
+    "_total",
 ];
 
 /// Splits a `_typeFilter` value into queries. Commas may occur inside a query
@@ -266,7 +300,10 @@ fn split_type_filters(value: &str) -> Vec<&str> {
 fn parse_type_filter(raw: &str) -> Result<TypeFilter, ApiError> {
     let raw = raw.trim();
     let (ty, query) = raw.split_once('?').ok_or_else(|| {
-        ApiError::BadRequest(format!("_typeFilter {} must have the form Type?query", quote(raw)))
+        ApiError::BadRequest(format!(
+            "_typeFilter {} must have the form Type?query",
+            quote(raw)
+        ))
     })?;
     if !is_resource_type(ty) {
         return Err(ApiError::BadRequest(format!(
@@ -276,7 +313,10 @@ fn parse_type_filter(raw: &str) -> Result<TypeFilter, ApiError> {
         )));
     }
     if query.is_empty() {
-        return Err(ApiError::BadRequest(format!("_typeFilter {} has an empty query", quote(raw))));
+        return Err(ApiError::BadRequest(format!(
+            "_typeFilter {} has an empty query",
+            quote(raw)
+        )));
     }
     for piece in query.split('&') {
         let key = piece.split_once('=').map(|(k, _)| k).unwrap_or(piece);
@@ -307,7 +347,10 @@ fn parse_type_filter(raw: &str) -> Result<TypeFilter, ApiError> {
             quote(raw)
         )));
     }
-    Ok(TypeFilter { resource_type: ty.to_string(), query: query.to_string() })
+    Ok(TypeFilter {
+        resource_type: ty.to_string(),
+        query: query.to_string(),
+    })
 }
 
 /// Validates raw parameter pairs for the given level and method.
@@ -322,7 +365,11 @@ pub fn parse_export_request(
     let mut type_count = 0usize;
     for (name, value) in pairs {
         check_no_control(&name, &value)?;
-        let canonical = if name == "_till" { "_until".to_string() } else { name.clone() };
+        let canonical = if name == "_till" {
+            "_until".to_string()
+        } else {
+            name.clone()
+        };
         if is_single_valued(&canonical) {
             if seen_single.contains(&canonical) {
                 return Err(ApiError::BadRequest(format!(
@@ -334,7 +381,8 @@ pub fn parse_export_request(
         }
         if let Some(reason) = unsupported_reason(&canonical) {
             if lenient {
-                req.ignored.push(format!("{reason}; ignored under handling=lenient"));
+                req.ignored
+                    .push(format!("{reason}; ignored under handling=lenient"));
                 continue;
             }
             return Err(ApiError::NotSupported(reason.to_string()));
@@ -366,7 +414,9 @@ pub fn parse_export_request(
                 for ty in value.split(',').map(str::trim) {
                     type_count += 1;
                     if type_count > MAX_TYPES {
-                        return Err(ApiError::BadRequest(format!("_type may name at most {MAX_TYPES} types")));
+                        return Err(ApiError::BadRequest(format!(
+                            "_type may name at most {MAX_TYPES} types"
+                        )));
                     }
                     if ty.is_empty() {
                         return Err(ApiError::BadRequest("_type contains an empty entry".into()));
@@ -513,7 +563,8 @@ mod tests {
 
     #[test]
     fn type_filters_split_only_before_a_type() {
-        let r = parse("_typeFilter=Observation%3Fcode%3Da,b,Condition%3Fclinical-status%3Dactive").unwrap();
+        let r = parse("_typeFilter=Observation%3Fcode%3Da,b,Condition%3Fclinical-status%3Dactive")
+            .unwrap();
         assert_eq!(r.type_filters.len(), 2);
         assert_eq!(r.type_filters[0].query, "code=a,b");
     }
@@ -528,7 +579,9 @@ mod tests {
     #[test]
     fn containers() {
         assert!(is_container_name("nightly-2024"));
-        for bad in ["ab", "-abc", "abc-", "a.b.c", "a/b/c", "ABC", "a%2fb", "..x"] {
+        for bad in [
+            "ab", "-abc", "abc-", "a.b.c", "a/b/c", "ABC", "a%2fb", "..x",
+        ] {
             assert!(!is_container_name(bad), "{bad}");
         }
     }

@@ -45,7 +45,10 @@ impl JobStatus {
 
     /// True once no chain will run again.
     pub fn is_terminal(self) -> bool {
-        matches!(self, JobStatus::Complete | JobStatus::Failed | JobStatus::Cancelled)
+        matches!(
+            self,
+            JobStatus::Complete | JobStatus::Failed | JobStatus::Cancelled
+        )
     }
 }
 

@@ -26,7 +26,7 @@ pub fn status_url(base: &str, job_id: &str) -> String {
     format!("{base}/$export-status/{job_id}")
 }
 
-fn header_str<'a>(req: &'a Request<Bytes>, name: header::HeaderName) -> Result<Option<&'a str>, ApiError> {
+fn header_str(req: &Request<Bytes>, name: header::HeaderName) -> Result<Option<&str>, ApiError> {
     match req.headers().get(name.clone()) {
         None => Ok(None),
         Some(v) => v
@@ -46,14 +46,23 @@ pub async fn kickoff(
     request_url: String,
 ) -> Result<Response<Bytes>, ApiError> {
     check_accept(header_str(req, header::ACCEPT)?)?;
-    let prefs = parse_prefer(header_str(req, http::header::HeaderName::from_static("prefer"))?.unwrap_or(""));
+    let prefs = parse_prefer(
+        header_str(req, http::header::HeaderName::from_static("prefer"))?.unwrap_or(""),
+    );
     if !prefs.respond_async {
-        return Err(ApiError::BadRequest("the Prefer header must include respond-async".into()));
+        return Err(ApiError::BadRequest(
+            "the Prefer header must include respond-async".into(),
+        ));
     }
     let is_post = req.method() == http::Method::POST;
     let pairs = if is_post {
         let ct = header_str(req, header::CONTENT_TYPE)?.unwrap_or("");
-        let media = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+        let media = ct
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
         if media != "application/fhir+json" && media != "application/json" {
             return Err(ApiError::UnsupportedMediaType(format!(
                 "Content-Type {} is not supported; send a Parameters resource as application/fhir+json",
@@ -86,18 +95,22 @@ pub async fn kickoff(
         ExportLevel::System => {}
         ExportLevel::Patient | ExportLevel::Group(_) => {
             if let ExportLevel::Group(id) = &level {
-                let exists = svc
-                    .source
-                    .group_exists(id)
-                    .await
-                    .map_err(|e| ApiError::Unavailable(format!("could not read the Group: {e}")))?;
+                let exists =
+                    svc.source.group_exists(id).await.map_err(|e| {
+                        ApiError::Unavailable(format!("could not read the Group: {e}"))
+                    })?;
                 if !exists {
-                    return Err(ApiError::NotFound(format!("Group {} is not known", quote(id))));
+                    return Err(ApiError::NotFound(format!(
+                        "Group {} is not known",
+                        quote(id)
+                    )));
                 }
             }
             // Compartment-scoped export is tracked separately; refuse rather than over-export.
             if prefs.lenient {
-                request.ignored.push("Patient- and Group-level compartment filtering is not supported yet".into());
+                request.ignored.push(
+                    "Patient- and Group-level compartment filtering is not supported yet".into(),
+                );
             }
             return Err(ApiError::NotSupported(
                 "Patient- and Group-level exports are not supported yet; use [base]/$export".into(),
@@ -105,14 +118,15 @@ pub async fn kickoff(
         }
     }
     if !request.patients.is_empty() {
-        return Err(ApiError::NotSupported("the patient parameter is not supported yet".into()));
+        return Err(ApiError::NotSupported(
+            "the patient parameter is not supported yet".into(),
+        ));
     }
 
     let types = if request.types.is_empty() {
-        svc.source
-            .resource_types()
-            .await
-            .map_err(|e| ApiError::Unavailable(format!("could not list the source's resource types: {e}")))?
+        svc.source.resource_types().await.map_err(|e| {
+            ApiError::Unavailable(format!("could not list the source's resource types: {e}"))
+        })?
     } else {
         request.types.clone()
     };
@@ -143,7 +157,11 @@ pub async fn kickoff(
         folder,
         expires_at: now.unix_timestamp() + svc.config.retention.as_secs() as i64,
         failure: None,
-        status: if chains.is_empty() { JobStatus::Complete } else { JobStatus::Running },
+        status: if chains.is_empty() {
+            JobStatus::Complete
+        } else {
+            JobStatus::Running
+        },
         version: 0,
         chains_remaining: chains.len() as i64,
     };
@@ -151,7 +169,9 @@ pub async fn kickoff(
         let msgs = job.request.ignored.clone();
         write_error_file(svc, &job.id, &job.folder, &msgs)
             .await
-            .map_err(|e| ApiError::Unavailable(format!("could not record ignored parameters: {e}")))?;
+            .map_err(|e| {
+                ApiError::Unavailable(format!("could not record ignored parameters: {e}"))
+            })?;
     }
     svc.store
         .create_job(&job, &chains)
@@ -159,7 +179,11 @@ pub async fn kickoff(
         .map_err(|e| ApiError::Unavailable(format!("could not store the job: {e}")))?;
     job.version = 0;
     for chain in &chains {
-        let ev = StepEvent { job_id: job.id.clone(), chain_id: chain.chain_id.clone(), step: 0 };
+        let ev = StepEvent {
+            job_id: job.id.clone(),
+            chain_id: chain.chain_id.clone(),
+            step: 0,
+        };
         if let Err(e) = svc.continuation.schedule(ev).await {
             // The watchdog restarts chains that never made progress.
             tracing::error!(job_id = %job.id, chain = %chain.chain_id, error = %e, "could not start chain");
@@ -167,10 +191,15 @@ pub async fn kickoff(
     }
     tracing::info!(job_id = %job.id, chains = chains.len(), "export accepted");
 
-    let body = operation_outcome(Severity::Information, "informational", "Export accepted; poll the Content-Location URL for status.");
+    let body = operation_outcome(
+        Severity::Information,
+        "informational",
+        "Export accepted; poll the Content-Location URL for status.",
+    );
     let mut resp = fhir_json(StatusCode::ACCEPTED, &body);
     let location = status_url(svc.config.base(), &job.id);
-    let value = HeaderValue::from_str(&location).map_err(|_| ApiError::Internal("invalid status URL".into()))?;
+    let value = HeaderValue::from_str(&location)
+        .map_err(|_| ApiError::Internal("invalid status URL".into()))?;
     resp.headers_mut().insert(header::CONTENT_LOCATION, value);
     Ok(resp)
 }

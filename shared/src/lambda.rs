@@ -56,10 +56,18 @@ pub async fn services_from_env() -> Result<ExportServices, StartupError> {
     let source: Arc<dyn Source> = match std::env::var("BULK_EXPORT_SOURCE") {
         Ok(s) if s.starts_with("ndjson:") => Arc::new(NdjsonSource::new(&s["ndjson:".len()..])),
         Ok(s) if s.starts_with("http://") || s.starts_with("https://") => Arc::new(
-            FhirServerSource::new(s, std::env::var("BULK_EXPORT_UPSTREAM_TOKEN").ok(), RetryPolicy::default())
-                .map_err(|e| StartupError(e.to_string()))?,
+            FhirServerSource::new(
+                s,
+                std::env::var("BULK_EXPORT_UPSTREAM_TOKEN").ok(),
+                RetryPolicy::default(),
+            )
+            .map_err(|e| StartupError(e.to_string()))?,
         ),
-        _ => return Err(StartupError("BULK_EXPORT_SOURCE must be an http(s) FHIR base URL or ndjson:<dir>".into())),
+        _ => {
+            return Err(StartupError(
+                "BULK_EXPORT_SOURCE must be an http(s) FHIR base URL or ndjson:<dir>".into(),
+            ));
+        }
     };
     let worker = std::env::var("BULK_EXPORT_WORKER_FUNCTION")
         .map_err(|_| StartupError("BULK_EXPORT_WORKER_FUNCTION is not set".into()))?;
@@ -76,15 +84,24 @@ pub async fn services_from_env() -> Result<ExportServices, StartupError> {
 /// The caller from the HTTP API's JWT authorizer claims.
 pub fn caller_from_context(ctx: Option<RequestContext>) -> Result<Caller, ApiError> {
     let unauthorized = || ApiError::Unauthorized("a valid bearer token is required".into());
-    let Some(RequestContext::ApiGatewayV2(ctx)) = ctx else { return Err(unauthorized()) };
-    let claims = ctx.authorizer.and_then(|a| a.jwt).map(|j| j.claims).ok_or_else(unauthorized)?;
+    let Some(RequestContext::ApiGatewayV2(ctx)) = ctx else {
+        return Err(unauthorized());
+    };
+    let claims = ctx
+        .authorizer
+        .and_then(|a| a.jwt)
+        .map(|j| j.claims)
+        .ok_or_else(unauthorized)?;
     let client_id = claims
         .get("client_id")
         .or_else(|| claims.get("sub"))
         .filter(|v| !v.is_empty())
         .cloned()
         .ok_or_else(unauthorized)?;
-    let scopes = claims.get("scope").map(|s| s.split(' ').map(str::to_string).collect()).unwrap_or_default();
+    let scopes = claims
+        .get("scope")
+        .map(|s| s.split(' ').map(str::to_string).collect())
+        .unwrap_or_default();
     Ok(Caller { client_id, scopes })
 }
 
@@ -94,15 +111,23 @@ fn derived_services(svc: &ExportServices, ctx: Option<&RequestContext>) -> Optio
     if std::env::var("BULK_EXPORT_PUBLIC_BASE_URL").is_ok_and(|v| !v.is_empty()) {
         return None;
     }
-    let Some(RequestContext::ApiGatewayV2(ctx)) = ctx else { return None };
+    let Some(RequestContext::ApiGatewayV2(ctx)) = ctx else {
+        return None;
+    };
     let domain = ctx.domain_name.as_deref()?;
     let mut config = (*svc.config).clone();
     config.base_url = format!("https://{domain}");
-    Some(ExportServices { config: Arc::new(config), ..svc.clone() })
+    Some(ExportServices {
+        config: Arc::new(config),
+        ..svc.clone()
+    })
 }
 
 /// Handles one API Gateway HTTP API request (kick-off, status or cancel).
-pub async fn http_handler(svc: &ExportServices, event: lambda_http::Request) -> lambda_http::Response<Body> {
+pub async fn http_handler(
+    svc: &ExportServices,
+    event: lambda_http::Request,
+) -> lambda_http::Response<Body> {
     let ctx = event.request_context_ref().cloned();
     let derived = derived_services(svc, ctx.as_ref());
     let svc = derived.as_ref().unwrap_or(svc);
@@ -129,18 +154,28 @@ pub async fn http_handler(svc: &ExportServices, event: lambda_http::Request) -> 
 
 /// Handles one chunk-worker invocation; `deadline_ms` is the Lambda deadline
 /// in epoch milliseconds.
-pub async fn worker_handler(svc: &ExportServices, event: StepEvent, deadline_ms: u64) -> Result<String, crate::chain::StepError> {
+pub async fn worker_handler(
+    svc: &ExportServices,
+    event: StepEvent,
+    deadline_ms: u64,
+) -> Result<String, crate::chain::StepError> {
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0);
-    let deadline = tokio::time::Instant::now() + Duration::from_millis(deadline_ms.saturating_sub(now_ms));
+    let deadline =
+        tokio::time::Instant::now() + Duration::from_millis(deadline_ms.saturating_sub(now_ms));
     let outcome = run_step(svc, &event, Some(deadline)).await?;
     Ok(format!("{outcome:?}"))
 }
 
 /// Handles one watchdog tick.
-pub async fn watchdog_handler(svc: &ExportServices) -> Result<SweepReport, crate::chain::StepError> {
-    let stall = std::env::var("BULK_EXPORT_STALL_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(600);
+pub async fn watchdog_handler(
+    svc: &ExportServices,
+) -> Result<SweepReport, crate::chain::StepError> {
+    let stall = std::env::var("BULK_EXPORT_STALL_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(600);
     sweep(svc, Duration::from_secs(stall)).await
 }

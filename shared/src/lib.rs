@@ -6,8 +6,8 @@
 //! [`source::Source`] and [`continuation::Continuation`].
 
 pub mod api;
-pub mod cancel;
 pub mod caller;
+pub mod cancel;
 pub mod capability;
 pub mod chain;
 pub mod config;

@@ -112,23 +112,35 @@ pub struct FramedPage {
 
 /// Frames the `match` entries of a search Bundle as NDJSON.
 pub fn frame_search_bundle(body: &[u8], resource_type: &str) -> Result<FramedPage, FrameError> {
-    let bundle: SearchBundle<'_> =
-        serde_json::from_slice(body).map_err(|e| FrameError::NotABundle(e.classify_name().to_string()))?;
+    let bundle: SearchBundle<'_> = serde_json::from_slice(body)
+        .map_err(|e| FrameError::NotABundle(e.classify_name().to_string()))?;
     if bundle.resource_type != "Bundle" {
-        return Err(FrameError::NotABundle(format!("resourceType is {}", bundle.resource_type.chars().take(40).collect::<String>())));
+        return Err(FrameError::NotABundle(format!(
+            "resourceType is {}",
+            bundle.resource_type.chars().take(40).collect::<String>()
+        )));
     }
     let mut page = FramedPage {
         ndjson: Vec::with_capacity(body.len()),
-        next: bundle.link.into_iter().find(|l| l.relation == "next").map(|l| l.url),
+        next: bundle
+            .link
+            .into_iter()
+            .find(|l| l.relation == "next")
+            .map(|l| l.url),
         count: 0,
     };
     for entry in bundle.entry {
-        let is_match = entry.search.as_ref().and_then(|s| s.mode.as_deref()).is_none_or(|m| m == "match");
+        let is_match = entry
+            .search
+            .as_ref()
+            .and_then(|s| s.mode.as_deref())
+            .is_none_or(|m| m == "match");
         let Some(raw) = entry.resource else { continue };
         if !is_match {
             continue;
         }
-        let head = read_head(raw.get().as_bytes()).map_err(|_| FrameError::WrongType(resource_type.into()))?;
+        let head = read_head(raw.get().as_bytes())
+            .map_err(|_| FrameError::WrongType(resource_type.into()))?;
         if head.resource_type != resource_type || head.id.is_none() {
             return Err(FrameError::WrongType(resource_type.into()));
         }
@@ -167,14 +179,23 @@ mod tests {
             {"resource":{"resourceType":"Organization","id":"o"},"search":{"mode":"include"}}]}"#;
         let page = frame_search_bundle(body, "Patient").unwrap();
         assert_eq!(page.count, 1);
-        assert_eq!(page.ndjson, b"{\"resourceType\":\"Patient\",\"id\":\"a\"}\n");
+        assert_eq!(
+            page.ndjson,
+            b"{\"resourceType\":\"Patient\",\"id\":\"a\"}\n"
+        );
         assert_eq!(page.next.as_deref(), Some("http://x/next"));
     }
 
     #[test]
     fn rejects_html_and_truncated_bodies() {
         assert!(frame_search_bundle(b"<html>502 Bad Gateway</html>", "Patient").is_err());
-        assert!(frame_search_bundle(br#"{"resourceType":"Bundle","entry":[{"resource":{"resourceType":"Pat"#, "Patient").is_err());
+        assert!(
+            frame_search_bundle(
+                br#"{"resourceType":"Bundle","entry":[{"resource":{"resourceType":"Pat"#,
+                "Patient"
+            )
+            .is_err()
+        );
         assert!(frame_search_bundle(br#"{"resourceType":"OperationOutcome"}"#, "Patient").is_err());
     }
 }

@@ -177,7 +177,11 @@ pub fn fhir_json(status: StatusCode, body: &Value) -> Response<Bytes> {
 }
 
 /// A response with a JSON body of the given media type.
-pub fn json_response(status: StatusCode, body: &Value, content_type: &'static str) -> Response<Bytes> {
+pub fn json_response(
+    status: StatusCode,
+    body: &Value,
+    content_type: &'static str,
+) -> Response<Bytes> {
     let bytes = serde_json::to_vec(body).unwrap_or_default();
     let mut resp = Response::new(Bytes::from(bytes));
     *resp.status_mut() = status;

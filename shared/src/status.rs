@@ -12,12 +12,21 @@ use std::time::SystemTime;
 
 /// True if `id` looks like one of our job ids (32 lowercase hex digits).
 pub fn is_job_id(id: &str) -> bool {
-    id.len() == 32 && id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    id.len() == 32
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// Loads a job the caller may see; anything else is the same 404.
-pub async fn load_visible_job(svc: &ExportServices, caller: &Caller, job_id: &str) -> Result<Job, ApiError> {
-    let not_found = || ApiError::NotFound("no export with this id exists (or it was cancelled or expired)".into());
+pub async fn load_visible_job(
+    svc: &ExportServices,
+    caller: &Caller,
+    job_id: &str,
+) -> Result<Job, ApiError> {
+    let not_found = || {
+        ApiError::NotFound("no export with this id exists (or it was cancelled or expired)".into())
+    };
     if !is_job_id(job_id) {
         return Err(not_found());
     }
@@ -35,21 +44,34 @@ pub async fn load_visible_job(svc: &ExportServices, caller: &Caller, job_id: &st
 }
 
 /// Progress as (percent, exported, expected).
-async fn progress(svc: &ExportServices, job: &Job) -> Result<(u64, u64, u64, usize, usize), ApiError> {
+async fn progress(
+    svc: &ExportServices,
+    job: &Job,
+) -> Result<(u64, u64, u64, usize, usize), ApiError> {
     let chains = svc
         .store
         .list_chains(&job.id)
         .await
         .map_err(|e| ApiError::Unavailable(format!("job store unavailable: {e}")))?;
     let exported: u64 = chains.iter().map(|c| c.exported).sum();
-    let expected: u64 = chains.iter().map(|c| c.total.unwrap_or(c.exported).max(c.exported)).sum();
-    let done = chains.iter().filter(|c| c.state != ChainState::Running).count();
-    let pct = if expected == 0 { 0 } else { (exported * 100 / expected).min(99) };
+    let expected: u64 = chains
+        .iter()
+        .map(|c| c.total.unwrap_or(c.exported).max(c.exported))
+        .sum();
+    let done = chains
+        .iter()
+        .filter(|c| c.state != ChainState::Running)
+        .count();
+    let pct = (exported * 100).checked_div(expected).unwrap_or(0).min(99);
     Ok((pct, exported, expected, done, chains.len()))
 }
 
 /// Answers a status poll.
-pub async fn status(svc: &ExportServices, caller: &Caller, job_id: &str) -> Result<Response<Bytes>, ApiError> {
+pub async fn status(
+    svc: &ExportServices,
+    caller: &Caller,
+    job_id: &str,
+) -> Result<Response<Bytes>, ApiError> {
     let mut job = load_visible_job(svc, caller, job_id).await?;
     if matches!(job.status, JobStatus::Running | JobStatus::Queued) && job.chains_remaining <= 0 {
         // The last chain finished but its completion write was lost; finish it here.
@@ -64,12 +86,17 @@ pub async fn status(svc: &ExportServices, caller: &Caller, job_id: &str) -> Resu
             let text = if job.status == JobStatus::Queued {
                 "0% complete: queued".to_string()
             } else {
-                format!("{pct}% complete: {exported}/{expected} resources, {done}/{total} types done")
+                format!(
+                    "{pct}% complete: {exported}/{expected} resources, {done}/{total} types done"
+                )
             };
             let body = operation_outcome(Severity::Information, "informational", &text);
             let mut resp = fhir_json(StatusCode::ACCEPTED, &body);
             let h = resp.headers_mut();
-            h.insert(header::RETRY_AFTER, HeaderValue::from(svc.config.retry_after_secs));
+            h.insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(svc.config.retry_after_secs),
+            );
             let progress: String = text.chars().take(99).collect();
             if let Ok(v) = HeaderValue::from_str(&progress) {
                 h.insert("x-progress", v);

@@ -25,7 +25,8 @@ pub async fn sweep(svc: &ExportServices, stall: Duration) -> Result<SweepReport,
     for job in svc.store.active_jobs().await? {
         report.jobs += 1;
         for mut chain in svc.store.list_chains(&job.id).await? {
-            if chain.state != ChainState::Running || now - chain.heartbeat < stall.as_secs() as i64 {
+            if chain.state != ChainState::Running || now - chain.heartbeat < stall.as_secs() as i64
+            {
                 continue;
             }
             if !stall.is_zero() {
@@ -39,7 +40,11 @@ pub async fn sweep(svc: &ExportServices, stall: Duration) -> Result<SweepReport,
             }
             tracing::warn!(job_id = %job.id, chain = %chain.chain_id, step = chain.step, restarts = chain.restarts, "restarting stalled chain");
             svc.continuation
-                .schedule(StepEvent { job_id: job.id.clone(), chain_id: chain.chain_id.clone(), step: chain.step })
+                .schedule(StepEvent {
+                    job_id: job.id.clone(),
+                    chain_id: chain.chain_id.clone(),
+                    step: chain.step,
+                })
                 .await?;
             report.restarted += 1;
         }

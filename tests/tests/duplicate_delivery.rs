@@ -13,21 +13,30 @@ async fn every_step_replayed_gives_identical_output() {
     let dir = TempDir::new("dup");
     let src = dir.0.join("src");
     generate(&src, 500, 9).unwrap();
-    let stack = running_stack(&dir.0.join("data"), SourceSpec::Ndjson(src.clone()), small_config(), 0).await;
+    let stack = running_stack(
+        &dir.0.join("data"),
+        SourceSpec::Ndjson(src.clone()),
+        small_config(),
+        0,
+    )
+    .await;
     let svc = stack.services.clone();
     let status_url = kickoff(&stack.base_url, "").await;
     let (mut steps, mut stale) = (0, 0);
     while let Some(ev) = stack.queue.try_next().await {
         let (a, b) = tokio::join!(run_step(&svc, &ev, None), run_step(&svc, &ev, None));
+        let (a, b) = (a.unwrap(), b.unwrap());
         let c = run_step(&svc, &ev, None).await.unwrap();
-        for r in [a.unwrap(), b.unwrap(), c] {
+        for r in [a, b, c] {
             if r == StepOutcome::Stale {
                 stale += 1;
             }
         }
         steps += 1;
     }
-    println!("ran {steps} steps three times each; {stale} deliveries were recognised as duplicates");
+    println!(
+        "ran {steps} steps three times each; {stale} deliveries were recognised as duplicates"
+    );
     assert!(stale >= steps, "each replay after a commit is recognised");
     let manifest = wait_complete(&status_url).await;
     let files = download_outputs(&manifest).await;

@@ -11,9 +11,15 @@ use serde_json::Value;
 use std::collections::BTreeMap;
 
 fn check_lines(ty: &str, body: &[u8]) {
-    assert!(body.is_empty() || body.ends_with(b"\n"), "{ty}: file ends with a newline");
+    assert!(
+        body.is_empty() || body.ends_with(b"\n"),
+        "{ty}: file ends with a newline"
+    );
     for line in body.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-        assert!(!line.starts_with(b" ") && !line.windows(3).any(|w| w == b"\": " || w == b", \""), "{ty}: compact line");
+        assert!(
+            !line.starts_with(b" ") && !line.windows(3).any(|w| w == b"\": " || w == b", \""),
+            "{ty}: compact line"
+        );
         let v: Value = serde_json::from_slice(line).expect("line is one JSON resource");
         assert_eq!(v["resourceType"], ty, "line type matches the file type");
     }
@@ -23,18 +29,35 @@ async fn export_and_verify(patients: u64, config: ExportConfig, workers: usize) 
     let dir = TempDir::new("e2e");
     let src = dir.0.join("src");
     generate(&src, patients, 42).unwrap();
-    let source_bytes: u64 = std::fs::read_dir(&src).unwrap().map(|e| e.unwrap().metadata().unwrap().len()).sum();
+    let source_bytes: u64 = std::fs::read_dir(&src)
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum();
     let max_file = config.max_file_size as u64;
-    let stack = running_stack(&dir.0.join("data"), SourceSpec::Ndjson(src.clone()), config, workers).await;
+    let stack = running_stack(
+        &dir.0.join("data"),
+        SourceSpec::Ndjson(src.clone()),
+        config,
+        workers,
+    )
+    .await;
     let status_url = kickoff(&stack.base_url, "").await;
     let manifest = wait_complete(&status_url).await;
-    assert_eq!(manifest["error"].as_array().unwrap().len(), 0, "no errors: {manifest}");
+    assert_eq!(
+        manifest["error"].as_array().unwrap().len(),
+        0,
+        "no errors: {manifest}"
+    );
     assert_eq!(manifest["requiresAccessToken"], false);
     let files = download_outputs(&manifest).await;
     let mut per_type: BTreeMap<String, Vec<usize>> = BTreeMap::new();
     for (ty, url, body) in &files {
         assert!(!body.is_empty(), "no empty files ({url})");
-        assert!(body.len() as u64 <= max_file, "{ty} file of {} bytes exceeds {max_file}", body.len());
+        assert!(
+            body.len() as u64 <= max_file,
+            "{ty} file of {} bytes exceeds {max_file}",
+            body.len()
+        );
         check_lines(ty, body);
         per_type.entry(ty.clone()).or_default().push(body.len());
     }
@@ -42,7 +65,10 @@ async fn export_and_verify(patients: u64, config: ExportConfig, workers: usize) 
     let expected = source_multiset(&src, true);
     assert!(exported.values().all(|n| *n == 1), "no duplicates");
     assert_eq!(exported.len(), expected.len(), "no loss");
-    assert_eq!(exported, expected, "multiset of (type, id) equals the source");
+    assert_eq!(
+        exported, expected,
+        "multiset of (type, id) equals the source"
+    );
     let rolled = per_type.values().filter(|v| v.len() > 1).count();
     println!(
         "lane {}: exported {} resources ({} MB source) into {} files; {} types rolled over; file sizes {:?}",
@@ -63,8 +89,12 @@ async fn export_and_verify(patients: u64, config: ExportConfig, workers: usize) 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn export_of_150_mb_rolls_at_64_mib_without_loss_or_duplicates() {
-    let config = ExportConfig { part_size: 8 * 1024 * 1024, max_file_size: 64 * 1024 * 1024, ..small_config() };
-    let (files, bytes) = export_and_verify(3300, config, 4).await;
+    let config = ExportConfig {
+        part_size: 8 * 1024 * 1024,
+        max_file_size: 64 * 1024 * 1024,
+        ..small_config()
+    };
+    let (files, bytes) = export_and_verify(4000, config, 4).await;
     assert!(bytes >= 150_000_000, "dataset is {bytes} bytes");
     assert!(files > 10);
 }
@@ -83,41 +113,71 @@ async fn status_and_cancel_through_the_lifecycle() {
     let src = dir.0.join("src");
     generate(&src, 200, 3).unwrap();
     // No workers: the job stays in progress until the test runs its steps.
-    let stack = running_stack(&dir.0.join("data"), SourceSpec::Ndjson(src.clone()), small_config(), 0).await;
+    let stack = running_stack(
+        &dir.0.join("data"),
+        SourceSpec::Ndjson(src.clone()),
+        small_config(),
+        0,
+    )
+    .await;
     let svc = stack.services.clone();
 
     // In progress → cancel → 404.
     let status_url = kickoff(&stack.base_url, "_type=Observation").await;
     let resp = http().get(&status_url).send().await.unwrap();
     assert_eq!(resp.status(), 202);
-    assert!(resp.headers()["x-progress"].to_str().unwrap().starts_with("0% complete"));
-    assert_eq!(http().delete(&status_url).send().await.unwrap().status(), 202);
+    assert!(
+        resp.headers()["x-progress"]
+            .to_str()
+            .unwrap()
+            .starts_with("0% complete")
+    );
+    assert_eq!(
+        http().delete(&status_url).send().await.unwrap().status(),
+        202
+    );
     assert_eq!(http().get(&status_url).send().await.unwrap().status(), 404);
-    assert_eq!(http().delete(&status_url).send().await.unwrap().status(), 404);
+    assert_eq!(
+        http().delete(&status_url).send().await.unwrap().status(),
+        404
+    );
     // The cancelled chain stops at its next step and leaves nothing behind.
     while let Some(ev) = stack.queue.try_next().await {
-        bulk_export_core::chain::run_step(&svc, &ev, None).await.unwrap();
+        bulk_export_core::chain::run_step(&svc, &ev, None)
+            .await
+            .unwrap();
     }
 
     // Partly done → progress rises → complete → cancel deletes the files.
     let status_url = kickoff(&stack.base_url, "_type=Observation,Patient").await;
     let ev = stack.queue.try_next().await.unwrap();
-    bulk_export_core::chain::run_step(&svc, &ev, None).await.unwrap();
+    bulk_export_core::chain::run_step(&svc, &ev, None)
+        .await
+        .unwrap();
     let resp = http().get(&status_url).send().await.unwrap();
     assert_eq!(resp.status(), 202);
     let progress = resp.headers()["x-progress"].to_str().unwrap().to_string();
     let pct: u32 = progress.split('%').next().unwrap().parse().unwrap();
     assert!(pct > 0 && pct < 100, "progress {progress}");
     while let Some(ev) = stack.queue.try_next().await {
-        bulk_export_core::chain::run_step(&svc, &ev, None).await.unwrap();
+        bulk_export_core::chain::run_step(&svc, &ev, None)
+            .await
+            .unwrap();
     }
     let manifest = wait_complete(&status_url).await;
     let files = download_outputs(&manifest).await;
     assert!(!files.is_empty());
-    assert_eq!(http().delete(&status_url).send().await.unwrap().status(), 202);
+    assert_eq!(
+        http().delete(&status_url).send().await.unwrap().status(),
+        202
+    );
     assert_eq!(http().get(&status_url).send().await.unwrap().status(), 404);
     let gone = http().get(&files[0].1).send().await.unwrap();
-    assert!(gone.status() == 404 || gone.status() == 403, "file after cancel answered {}", gone.status());
+    assert!(
+        gone.status() == 404 || gone.status() == 403,
+        "file after cancel answered {}",
+        gone.status()
+    );
     let left = stack.objects.list("").await.unwrap();
     assert!(left.is_empty(), "objects left after cancel: {left:?}");
 }

@@ -9,9 +9,13 @@ async fn main() -> Result<(), Error> {
     init_logging();
     let services = services_from_env().await?;
     let services = &services;
-    run(service_fn(move |event: LambdaEvent<StepEvent>| async move {
-        let deadline = event.context.deadline;
-        worker_handler(services, event.payload, deadline).await.map_err(Error::from)
-    }))
+    run(service_fn(
+        move |event: LambdaEvent<StepEvent>| async move {
+            let deadline = event.context.deadline;
+            worker_handler(services, event.payload, deadline)
+                .await
+                .map_err(Error::from)
+        },
+    ))
     .await
 }

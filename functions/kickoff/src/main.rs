@@ -8,5 +8,8 @@ async fn main() -> Result<(), Error> {
     init_logging();
     let services = services_from_env().await?;
     let services = &services;
-    run(service_fn(move |event| async move { Ok::<_, Error>(http_handler(services, event).await) })).await
+    run(service_fn(move |event| async move {
+        Ok::<_, Error>(http_handler(services, event).await)
+    }))
+    .await
 }

@@ -8,9 +8,13 @@ async fn main() -> Result<(), Error> {
     init_logging();
     let services = services_from_env().await?;
     let services = &services;
-    run(service_fn(move |_event: LambdaEvent<serde_json::Value>| async move {
-        let report = watchdog_handler(services).await?;
-        Ok::<_, Error>(serde_json::json!({ "jobs": report.jobs, "restarted": report.restarted }))
-    }))
+    run(service_fn(
+        move |_event: LambdaEvent<serde_json::Value>| async move {
+            let report = watchdog_handler(services).await?;
+            Ok::<_, Error>(
+                serde_json::json!({ "jobs": report.jobs, "restarted": report.restarted }),
+            )
+        },
+    ))
     .await
 }

@@ -23,13 +23,18 @@ pub struct StepQueue {
 /// A new queue and its continuation.
 pub fn step_queue() -> (InProcessContinuation, Arc<StepQueue>) {
     let (tx, rx) = mpsc::unbounded_channel();
-    (InProcessContinuation { tx }, Arc::new(StepQueue { rx: Mutex::new(rx) }))
+    (
+        InProcessContinuation { tx },
+        Arc::new(StepQueue { rx: Mutex::new(rx) }),
+    )
 }
 
 #[async_trait]
 impl Continuation for InProcessContinuation {
     async fn schedule(&self, event: StepEvent) -> Result<(), ContinuationError> {
-        self.tx.send(event).map_err(|_| ContinuationError("step queue closed".into()))
+        self.tx
+            .send(event)
+            .map_err(|_| ContinuationError("step queue closed".into()))
     }
 }
 
@@ -45,7 +50,11 @@ impl StepQueue {
     }
 
     /// Runs `workers` tasks that execute steps until the queue closes.
-    pub fn spawn_workers(self: &Arc<Self>, services: ExportServices, workers: usize) -> Vec<tokio::task::JoinHandle<()>> {
+    pub fn spawn_workers(
+        self: &Arc<Self>,
+        services: ExportServices,
+        workers: usize,
+    ) -> Vec<tokio::task::JoinHandle<()>> {
         (0..workers)
             .map(|_| {
                 let queue = Arc::clone(self);

@@ -16,7 +16,10 @@ pub struct LambdaContinuation {
 impl LambdaContinuation {
     /// Continuation invoking `function_name`.
     pub fn new(client: aws_sdk_lambda::Client, function_name: impl Into<String>) -> Self {
-        Self { client, function_name: function_name.into() }
+        Self {
+            client,
+            function_name: function_name.into(),
+        }
     }
 }
 

@@ -7,8 +7,8 @@ use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
-    TimeToLiveSpecification, TransactWriteItem, Update,
+    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType,
+    ScalarAttributeType, TimeToLiveSpecification, TransactWriteItem, Update,
 };
 use std::collections::HashMap;
 
@@ -67,17 +67,18 @@ fn attr_num(item: &Item, name: &str) -> Result<i64, StoreError> {
 }
 
 fn decode_job(item: &Item) -> Result<Job, StoreError> {
-    let mut job: Job =
-        serde_json::from_str(attr_str(item, "doc")?).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-    job.status = JobStatus::parse(attr_str(item, "status")?).ok_or_else(|| StoreError::Corrupt("status".into()))?;
+    let mut job: Job = serde_json::from_str(attr_str(item, "doc")?)
+        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    job.status = JobStatus::parse(attr_str(item, "status")?)
+        .ok_or_else(|| StoreError::Corrupt("status".into()))?;
     job.version = attr_num(item, "version")? as u64;
     job.chains_remaining = attr_num(item, "remaining")?;
     Ok(job)
 }
 
 fn decode_chain(item: &Item) -> Result<Chain, StoreError> {
-    let mut chain: Chain =
-        serde_json::from_str(attr_str(item, "doc")?).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let mut chain: Chain = serde_json::from_str(attr_str(item, "doc")?)
+        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
     chain.version = attr_num(item, "version")? as u64;
     Ok(chain)
 }
@@ -89,15 +90,30 @@ fn encode<T: serde::Serialize>(v: &T) -> Result<String, StoreError> {
 impl DynamoJobStore {
     /// Wraps a client and table name.
     pub fn new(client: Client, table: impl Into<String>) -> Self {
-        Self { client, table: table.into() }
+        Self {
+            client,
+            table: table.into(),
+        }
     }
 
     /// Creates the table (with TTL on `ttl`) if it does not exist; for local runs and tests.
     pub async fn ensure_table(&self) -> Result<(), StoreError> {
-        if self.client.describe_table().table_name(&self.table).send().await.is_ok() {
+        if self
+            .client
+            .describe_table()
+            .table_name(&self.table)
+            .send()
+            .await
+            .is_ok()
+        {
             return Ok(());
         }
-        let key = |name: &str, kt: KeyType| KeySchemaElement::builder().attribute_name(name).key_type(kt).build();
+        let key = |name: &str, kt: KeyType| {
+            KeySchemaElement::builder()
+                .attribute_name(name)
+                .key_type(kt)
+                .build()
+        };
         let def = |name: &str| {
             AttributeDefinition::builder()
                 .attribute_name(name)
@@ -117,7 +133,8 @@ impl DynamoJobStore {
             .await;
         if let Err(e) = created {
             // Another process may have created it concurrently.
-            let exists = matches!(&e, SdkError::ServiceError(se) if se.err().is_resource_in_use_exception());
+            let exists =
+                matches!(&e, SdkError::ServiceError(se) if se.err().is_resource_in_use_exception());
             if !exists {
                 return Err(backend(e));
             }
@@ -233,7 +250,12 @@ impl JobStore for DynamoJobStore {
         resp.item.as_ref().map(decode_job).transpose()
     }
 
-    async fn set_job_status(&self, job: &Job, status: JobStatus, failure: Option<String>) -> Result<(), StoreError> {
+    async fn set_job_status(
+        &self,
+        job: &Job,
+        status: JobStatus,
+        failure: Option<String>,
+    ) -> Result<(), StoreError> {
         let mut doc = job.clone();
         doc.failure = failure;
         let resp = self
@@ -322,7 +344,11 @@ impl JobStore for DynamoJobStore {
     }
 
     async fn list_chains(&self, job_id: &str) -> Result<Vec<Chain>, StoreError> {
-        self.query_prefix(job_id, "CHAIN#").await?.iter().map(decode_chain).collect()
+        self.query_prefix(job_id, "CHAIN#")
+            .await?
+            .iter()
+            .map(decode_chain)
+            .collect()
     }
 
     async fn save_chain(&self, chain: &mut Chain) -> Result<(), StoreError> {
@@ -360,7 +386,11 @@ impl JobStore for DynamoJobStore {
         let resp = self
             .client
             .transact_write_items()
-            .transact_items(TransactWriteItem::builder().update(self.chain_update(chain)?).build())
+            .transact_items(
+                TransactWriteItem::builder()
+                    .update(self.chain_update(chain)?)
+                    .build(),
+            )
             .transact_items(TransactWriteItem::builder().update(job_update).build())
             .send()
             .await;
@@ -379,7 +409,10 @@ impl JobStore for DynamoJobStore {
             .put_item()
             .table_name(&self.table)
             .item("pk", pk(job_id))
-            .item("sk", s(format!("FILE#{}#{:08}", file.resource_type, file.number)))
+            .item(
+                "sk",
+                s(format!("FILE#{}#{:08}", file.resource_type, file.number)),
+            )
             .item("doc", s(encode(file)?))
             .send()
             .await
@@ -391,7 +424,10 @@ impl JobStore for DynamoJobStore {
         self.query_prefix(job_id, "FILE#")
             .await?
             .iter()
-            .map(|item| serde_json::from_str(attr_str(item, "doc")?).map_err(|e| StoreError::Corrupt(e.to_string())))
+            .map(|item| {
+                serde_json::from_str(attr_str(item, "doc")?)
+                    .map_err(|e| StoreError::Corrupt(e.to_string()))
+            })
             .collect()
     }
 

@@ -27,7 +27,12 @@ pub trait JobStore: Send + Sync {
     /// Reads a job.
     async fn get_job(&self, job_id: &str) -> Result<Option<Job>, StoreError>;
     /// Moves a job to `status` if its version is still `job.version`.
-    async fn set_job_status(&self, job: &Job, status: JobStatus, failure: Option<String>) -> Result<(), StoreError>;
+    async fn set_job_status(
+        &self,
+        job: &Job,
+        status: JobStatus,
+        failure: Option<String>,
+    ) -> Result<(), StoreError>;
     /// Marks a job cancelled unless it already is; returns false if it was.
     async fn cancel_job(&self, job_id: &str) -> Result<bool, StoreError>;
     /// Jobs that are queued or running (for restart recovery and the watchdog).

@@ -23,9 +23,20 @@ pub trait ObjectStore: Send + Sync {
     /// Starts a multipart upload; returns its id.
     async fn create_upload(&self, key: &str) -> Result<String, ObjectError>;
     /// Uploads (or re-uploads) one part; returns its ETag.
-    async fn upload_part(&self, key: &str, upload_id: &str, part_number: u32, body: Bytes) -> Result<String, ObjectError>;
+    async fn upload_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        part_number: u32,
+        body: Bytes,
+    ) -> Result<String, ObjectError>;
     /// Completes an upload from its parts' ETags (part numbers 1..=n).
-    async fn complete_upload(&self, key: &str, upload_id: &str, etags: &[String]) -> Result<(), ObjectError>;
+    async fn complete_upload(
+        &self,
+        key: &str,
+        upload_id: &str,
+        etags: &[String],
+    ) -> Result<(), ObjectError>;
     /// Aborts an upload; succeeds if it is already gone.
     async fn abort_upload(&self, key: &str, upload_id: &str) -> Result<(), ObjectError>;
     /// Writes a small object in one request.

@@ -28,20 +28,49 @@ fn code_of<E: ProvideErrorMetadata, R>(e: &SdkError<E, R>) -> Option<String> {
     }
 }
 
+/// S3 says `NoSuchUpload` for an upload that is gone; s3s-fs says
+/// `AccessDenied`. Callers verify what actually happened before trusting it.
+fn upload_gone<E: ProvideErrorMetadata, R>(e: &SdkError<E, R>) -> bool {
+    matches!(code_of(e).as_deref(), Some("NoSuchUpload" | "AccessDenied"))
+}
+
 impl S3ObjectStore {
     /// Wraps a client and bucket name.
     pub fn new(client: Client, bucket: impl Into<String>) -> Self {
-        Self { client, bucket: bucket.into() }
+        Self {
+            client,
+            bucket: bucket.into(),
+        }
     }
 
     /// Creates the bucket if it does not exist; for local runs and tests.
     pub async fn ensure_bucket(&self) -> Result<(), ObjectError> {
-        if self.client.head_bucket().bucket(&self.bucket).send().await.is_ok() {
+        if self
+            .client
+            .head_bucket()
+            .bucket(&self.bucket)
+            .send()
+            .await
+            .is_ok()
+        {
             return Ok(());
         }
-        match self.client.create_bucket().bucket(&self.bucket).send().await {
+        match self
+            .client
+            .create_bucket()
+            .bucket(&self.bucket)
+            .send()
+            .await
+        {
             Ok(_) => Ok(()),
-            Err(e) if matches!(code_of(&e).as_deref(), Some("BucketAlreadyOwnedByYou" | "BucketAlreadyExists")) => Ok(()),
+            Err(e)
+                if matches!(
+                    code_of(&e).as_deref(),
+                    Some("BucketAlreadyOwnedByYou" | "BucketAlreadyExists")
+                ) =>
+            {
+                Ok(())
+            }
             Err(e) => Err(backend(e)),
         }
     }
@@ -95,10 +124,18 @@ impl ObjectStore for S3ObjectStore {
             .send()
             .await
             .map_err(backend)?;
-        resp.upload_id().map(str::to_string).ok_or_else(|| ObjectError::Backend("no upload id".into()))
+        resp.upload_id()
+            .map(str::to_string)
+            .ok_or_else(|| ObjectError::Backend("no upload id".into()))
     }
 
-    async fn upload_part(&self, key: &str, upload_id: &str, part_number: u32, body: Bytes) -> Result<String, ObjectError> {
+    async fn upload_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        part_number: u32,
+        body: Bytes,
+    ) -> Result<String, ObjectError> {
         let resp = self
             .client
             .upload_part()
@@ -110,17 +147,30 @@ impl ObjectStore for S3ObjectStore {
             .send()
             .await;
         match resp {
-            Ok(r) => r.e_tag().map(str::to_string).ok_or_else(|| ObjectError::Backend("no ETag".into())),
-            Err(e) if code_of(&e).as_deref() == Some("NoSuchUpload") => Err(ObjectError::NoSuchUpload),
+            Ok(r) => r
+                .e_tag()
+                .map(str::to_string)
+                .ok_or_else(|| ObjectError::Backend("no ETag".into())),
+            Err(e) if upload_gone(&e) => Err(ObjectError::NoSuchUpload),
             Err(e) => Err(backend(e)),
         }
     }
 
-    async fn complete_upload(&self, key: &str, upload_id: &str, etags: &[String]) -> Result<(), ObjectError> {
+    async fn complete_upload(
+        &self,
+        key: &str,
+        upload_id: &str,
+        etags: &[String],
+    ) -> Result<(), ObjectError> {
         let parts = etags
             .iter()
             .enumerate()
-            .map(|(i, etag)| CompletedPart::builder().part_number(i as i32 + 1).e_tag(etag).build())
+            .map(|(i, etag)| {
+                CompletedPart::builder()
+                    .part_number(i as i32 + 1)
+                    .e_tag(etag)
+                    .build()
+            })
             .collect();
         let resp = self
             .client
@@ -128,12 +178,16 @@ impl ObjectStore for S3ObjectStore {
             .bucket(&self.bucket)
             .key(key)
             .upload_id(upload_id)
-            .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(parts))
+                    .build(),
+            )
             .send()
             .await;
         match resp {
             Ok(_) => Ok(()),
-            Err(e) if code_of(&e).as_deref() == Some("NoSuchUpload") => Err(ObjectError::NoSuchUpload),
+            Err(e) if upload_gone(&e) => Err(ObjectError::NoSuchUpload),
             Err(e) => Err(backend(e)),
         }
     }
@@ -149,7 +203,7 @@ impl ObjectStore for S3ObjectStore {
             .await
         {
             Ok(_) => Ok(()),
-            Err(e) if code_of(&e).as_deref() == Some("NoSuchUpload") => Ok(()),
+            Err(e) if upload_gone(&e) => Ok(()),
             Err(e) => Err(backend(e)),
         }
     }
@@ -168,7 +222,14 @@ impl ObjectStore for S3ObjectStore {
     }
 
     async fn object_size(&self, key: &str) -> Result<Option<u64>, ObjectError> {
-        match self.client.head_object().bucket(&self.bucket).key(key).send().await {
+        match self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+        {
             Ok(r) => Ok(Some(r.content_length().unwrap_or(0).max(0) as u64)),
             Err(SdkError::ServiceError(se)) if se.err().is_not_found() => Ok(None),
             Err(e) if matches!(code_of(&e).as_deref(), Some("NotFound" | "NoSuchKey")) => Ok(None),
@@ -193,9 +254,15 @@ impl ObjectStore for S3ObjectStore {
     async fn delete_prefix(&self, prefix: &str) -> Result<(), ObjectError> {
         let keys = self.list(prefix).await?;
         for batch in keys.chunks(1000) {
-            let ids: Result<Vec<_>, _> =
-                batch.iter().map(|(k, _)| ObjectIdentifier::builder().key(k).build()).collect();
-            let delete = Delete::builder().set_objects(Some(ids.map_err(backend)?)).quiet(true).build().map_err(backend)?;
+            let ids: Result<Vec<_>, _> = batch
+                .iter()
+                .map(|(k, _)| ObjectIdentifier::builder().key(k).build())
+                .collect();
+            let delete = Delete::builder()
+                .set_objects(Some(ids.map_err(backend)?))
+                .quiet(true)
+                .build()
+                .map_err(backend)?;
             self.client
                 .delete_objects()
                 .bucket(&self.bucket)

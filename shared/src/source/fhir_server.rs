@@ -22,7 +22,11 @@ pub struct RetryPolicy {
 
 impl Default for RetryPolicy {
     fn default() -> Self {
-        Self { max_attempts: 6, base_delay: Duration::from_millis(200), max_delay: Duration::from_secs(30) }
+        Self {
+            max_attempts: 6,
+            base_delay: Duration::from_millis(200),
+            max_delay: Duration::from_secs(30),
+        }
     }
 }
 
@@ -44,13 +48,22 @@ enum Attempt {
 
 impl FhirServerSource {
     /// A source reading from `base` (e.g. `https://fhir.example.org/r4`).
-    pub fn new(base: impl Into<String>, bearer: Option<String>, retry: RetryPolicy) -> Result<Self, SourceError> {
+    pub fn new(
+        base: impl Into<String>,
+        bearer: Option<String>,
+        retry: RetryPolicy,
+    ) -> Result<Self, SourceError> {
         let client = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
             .timeout(Duration::from_secs(120))
             .build()
             .map_err(|e| SourceError::Permanent(format!("HTTP client: {e}")))?;
-        Ok(Self { base: base.into().trim_end_matches('/').to_string(), client, bearer, retry })
+        Ok(Self {
+            base: base.into().trim_end_matches('/').to_string(),
+            client,
+            bearer,
+            retry,
+        })
     }
 
     fn origin(url: &str) -> Option<&str> {
@@ -64,17 +77,27 @@ impl FhirServerSource {
         if Self::origin(url) == Self::origin(&self.base) && url.starts_with(&self.base) {
             Ok(())
         } else {
-            Err(SourceError::Permanent("upstream next link points outside the upstream base URL".into()))
+            Err(SourceError::Permanent(
+                "upstream next link points outside the upstream base URL".into(),
+            ))
         }
     }
 
     fn first_url(&self, req: &PageRequest<'_>, filter: Option<&str>) -> String {
-        let enc = |s: &str| percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string();
-        let mut url = format!("{}/{}?_count={}&_pretty=false", self.base, req.resource_type, req.page_size);
+        let enc = |s: &str| {
+            percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+        };
+        let mut url = format!(
+            "{}/{}?_count={}&_pretty=false",
+            self.base, req.resource_type, req.page_size
+        );
         if let Some(since) = req.since {
             url.push_str(&format!("&_lastUpdated=gt{}", enc(&format_instant(since))));
         }
-        url.push_str(&format!("&_lastUpdated=le{}", enc(&format_instant(req.until))));
+        url.push_str(&format!(
+            "&_lastUpdated=le{}",
+            enc(&format_instant(req.until))
+        ));
         if let Some(q) = filter {
             url.push('&');
             url.push_str(q);
@@ -83,7 +106,10 @@ impl FhirServerSource {
     }
 
     async fn attempt(&self, url: &str) -> Attempt {
-        let mut rb = self.client.get(url).header("Accept", "application/fhir+json");
+        let mut rb = self
+            .client
+            .get(url)
+            .header("Accept", "application/fhir+json");
         if let Some(token) = &self.bearer {
             rb = rb.bearer_auth(token);
         }
@@ -99,7 +125,10 @@ impl FhirServerSource {
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map(Duration::from_secs);
         if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
-            return Attempt::Retry(format!("upstream answered {}", status.as_u16()), retry_after);
+            return Attempt::Retry(
+                format!("upstream answered {}", status.as_u16()),
+                retry_after,
+            );
         }
         if status == StatusCode::NOT_FOUND || status == StatusCode::GONE {
             return Attempt::NotFound;
@@ -114,7 +143,11 @@ impl FhirServerSource {
     }
 
     /// GET with bounded retries; `Ok(None)` for 404/410.
-    async fn get(&self, url: &str, validate: impl Fn(&[u8]) -> bool) -> Result<Option<bytes::Bytes>, SourceError> {
+    async fn get(
+        &self,
+        url: &str,
+        validate: impl Fn(&[u8]) -> bool,
+    ) -> Result<Option<bytes::Bytes>, SourceError> {
         let mut last = String::new();
         for attempt in 0..self.retry.max_attempts {
             if attempt > 0 {
@@ -134,9 +167,16 @@ impl FhirServerSource {
                 }
             };
             if attempt + 1 < self.retry.max_attempts {
-                let backoff = self.retry.base_delay.saturating_mul(1 << attempt.min(16)).min(self.retry.max_delay);
-                let jittered = Duration::from_millis(rand::rng().random_range(0..=backoff.as_millis() as u64));
-                let delay = wait.map(|w| w.min(self.retry.max_delay)).unwrap_or(jittered);
+                let backoff = self
+                    .retry
+                    .base_delay
+                    .saturating_mul(1 << attempt.min(16))
+                    .min(self.retry.max_delay);
+                let jittered =
+                    Duration::from_millis(rand::rng().random_range(0..=backoff.as_millis() as u64));
+                let delay = wait
+                    .map(|w| w.min(self.retry.max_delay))
+                    .unwrap_or(jittered);
                 tokio::time::sleep(delay).await;
             }
         }
@@ -168,8 +208,8 @@ impl Source for FhirServerSource {
             .get(&url, looks_like_json_resource)
             .await?
             .ok_or_else(|| SourceError::Permanent("upstream has no CapabilityStatement".into()))?;
-        let cs: serde_json::Value =
-            serde_json::from_slice(&body).map_err(|_| SourceError::Permanent("bad CapabilityStatement".into()))?;
+        let cs: serde_json::Value = serde_json::from_slice(&body)
+            .map_err(|_| SourceError::Permanent("bad CapabilityStatement".into()))?;
         let mut types: Vec<String> = cs["rest"]
             .as_array()
             .into_iter()
@@ -192,7 +232,10 @@ impl Source for FhirServerSource {
         let filters: Vec<Option<&str>> = if req.type_filters.is_empty() {
             vec![None]
         } else {
-            req.type_filters.iter().map(|f| Some(f.query.as_str())).collect()
+            req.type_filters
+                .iter()
+                .map(|f| Some(f.query.as_str()))
+                .collect()
         };
         let (idx, url) = match req.cursor {
             None => (0usize, self.first_url(req, filters[0])),
@@ -214,11 +257,14 @@ impl Source for FhirServerSource {
             .get(&url, |b| frame_search_bundle(b, ty).is_ok())
             .await?
             .ok_or_else(|| SourceError::Permanent(format!("upstream has no {ty} search (404)")))?;
-        let framed = frame_search_bundle(&body, ty).map_err(|e| SourceError::Permanent(e.to_string()))?;
+        let framed =
+            frame_search_bundle(&body, ty).map_err(|e| SourceError::Permanent(e.to_string()))?;
         let next = match framed.next {
             Some(n) => {
                 if n == url {
-                    return Err(SourceError::Permanent("upstream next link points back to the same page".into()));
+                    return Err(SourceError::Permanent(
+                        "upstream next link points back to the same page".into(),
+                    ));
                 }
                 self.check_same_upstream(&n)?;
                 Some(format!("{idx} {n}"))
@@ -226,7 +272,11 @@ impl Source for FhirServerSource {
             None if idx + 1 < filters.len() => Some(format!("{} ", idx + 1)),
             None => None,
         };
-        Ok(Page { ndjson: framed.ndjson, count: framed.count, next })
+        Ok(Page {
+            ndjson: framed.ndjson,
+            count: framed.count,
+            next,
+        })
     }
 
     async fn estimate(&self, req: &PageRequest<'_>) -> Result<Option<u64>, SourceError> {
@@ -234,7 +284,9 @@ impl Source for FhirServerSource {
             return Ok(None);
         }
         let url = format!("{}&_summary=count", self.first_url(req, None));
-        let Some(body) = self.get(&url, looks_like_json_resource).await? else { return Ok(None) };
+        let Some(body) = self.get(&url, looks_like_json_resource).await? else {
+            return Ok(None);
+        };
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
         Ok(v["total"].as_u64())
     }

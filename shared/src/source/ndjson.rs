@@ -78,7 +78,10 @@ impl NdjsonSource {
                     return Ok(page);
                 }
                 line.clear();
-                let n = reader.by_ref().read_until(b'\n', &mut line).map_err(io_err)? as u64;
+                let n = reader
+                    .by_ref()
+                    .read_until(b'\n', &mut line)
+                    .map_err(io_err)? as u64;
                 if n == 0 {
                     break;
                 }
@@ -93,7 +96,10 @@ impl NdjsonSource {
                 let head = read_head(&line).map_err(|_| {
                     SourceError::Permanent(format!(
                         "{} line ending at byte {offset} is not a JSON resource",
-                        files[file_idx].file_name().and_then(|n| n.to_str()).unwrap_or("?")
+                        files[file_idx]
+                            .file_name()
+                            .and_then(|n| n.to_str())
+                            .unwrap_or("?")
                     ))
                 })?;
                 if head.resource_type != req.resource_type {
@@ -104,7 +110,9 @@ impl NdjsonSource {
                 }
                 if let Some(lu) = head.meta.as_ref().and_then(|m| m.last_updated) {
                     let Some(t) = parse_instant(lu) else {
-                        return Err(SourceError::Permanent("meta.lastUpdated is not an instant".into()));
+                        return Err(SourceError::Permanent(
+                            "meta.lastUpdated is not an instant".into(),
+                        ));
                     };
                     if req.since.is_some_and(|s| t <= s) || t > req.until {
                         continue;
@@ -150,15 +158,21 @@ impl NdjsonSource {
 impl Source for NdjsonSource {
     async fn resource_types(&self) -> Result<Vec<String>, SourceError> {
         let dir = self.dir.clone();
-        let mut types: Vec<String> = tokio::task::spawn_blocking(move || -> Result<Vec<String>, SourceError> {
-            Ok(std::fs::read_dir(&dir)
-                .map_err(io_err)?
-                .filter_map(Result::ok)
-                .filter_map(|e| e.file_name().to_str().and_then(type_of_file).map(str::to_string))
-                .collect())
-        })
-        .await
-        .map_err(|e| SourceError::Permanent(e.to_string()))??;
+        let mut types: Vec<String> =
+            tokio::task::spawn_blocking(move || -> Result<Vec<String>, SourceError> {
+                Ok(std::fs::read_dir(&dir)
+                    .map_err(io_err)?
+                    .filter_map(Result::ok)
+                    .filter_map(|e| {
+                        e.file_name()
+                            .to_str()
+                            .and_then(type_of_file)
+                            .map(str::to_string)
+                    })
+                    .collect())
+            })
+            .await
+            .map_err(|e| SourceError::Permanent(e.to_string()))??;
         types.sort();
         types.dedup();
         // Group definitions are read for Group exports; they are not exported.
@@ -168,7 +182,9 @@ impl Source for NdjsonSource {
 
     async fn fetch_page(&self, req: &PageRequest<'_>) -> Result<Page, SourceError> {
         if !req.type_filters.is_empty() {
-            return Err(SourceError::Permanent("_typeFilter is not supported by the NDJSON source".into()));
+            return Err(SourceError::Permanent(
+                "_typeFilter is not supported by the NDJSON source".into(),
+            ));
         }
         let this = self.clone();
         let owned = OwnedRequest::from(req);

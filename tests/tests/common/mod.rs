@@ -23,13 +23,20 @@ pub fn unique(prefix: &str) -> String {
 }
 
 fn rand_suffix() -> String {
-    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
     format!("{t:x}")
 }
 
 /// Which storage lane this run uses.
 pub fn lane() -> &'static str {
-    if std::env::var("AWS_ENDPOINT_URL_S3").is_ok() { "external" } else { "embedded" }
+    if std::env::var("AWS_ENDPOINT_URL_S3").is_ok() {
+        "external"
+    } else {
+        "embedded"
+    }
 }
 
 fn endpoints() -> (Endpoints, bool) {
@@ -37,7 +44,14 @@ fn endpoints() -> (Endpoints, bool) {
     let s = std::env::var("AWS_ENDPOINT_URL_S3").ok();
     if d.is_some() || s.is_some() {
         let creds = Some(("testing".to_string(), "testing".to_string()));
-        (Endpoints { dynamodb: d, s3: s, static_credentials: creds }, false)
+        (
+            Endpoints {
+                dynamodb: d,
+                s3: s,
+                static_credentials: creds,
+            },
+            false,
+        )
     } else {
         (Endpoints::default(), true)
     }
@@ -73,7 +87,12 @@ pub fn small_config() -> ExportConfig {
     }
 }
 
-pub fn options(data_dir: &Path, source: SourceSpec, config: ExportConfig, workers: usize) -> StackOptions {
+pub fn options(
+    data_dir: &Path,
+    source: SourceSpec,
+    config: ExportConfig,
+    workers: usize,
+) -> StackOptions {
     let (endpoints, use_embedded) = endpoints();
     StackOptions {
         listen: "127.0.0.1:0".parse().unwrap(),
@@ -90,22 +109,41 @@ pub fn options(data_dir: &Path, source: SourceSpec, config: ExportConfig, worker
 }
 
 /// A running stack with workers and an HTTP server.
-pub async fn running_stack(data_dir: &Path, source: SourceSpec, config: ExportConfig, workers: usize) -> Stack {
-    start(options(data_dir, source, config, workers)).await.unwrap()
+pub async fn running_stack(
+    data_dir: &Path,
+    source: SourceSpec,
+    config: ExportConfig,
+    workers: usize,
+) -> Stack {
+    start(options(data_dir, source, config, workers))
+        .await
+        .unwrap()
 }
 
 /// Services without workers or HTTP, for driving steps by hand.
 pub async fn bare_stack(data_dir: &Path, source: SourceSpec, config: ExportConfig) -> Stack {
-    build(&options(data_dir, source, config, 0), "http://127.0.0.1:9/fhir".into()).await.unwrap()
+    build(
+        &options(data_dir, source, config, 0),
+        "http://127.0.0.1:9/fhir".into(),
+    )
+    .await
+    .unwrap()
 }
 
 pub fn http() -> reqwest::Client {
-    reqwest::Client::builder().timeout(Duration::from_secs(120)).build().unwrap()
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(120))
+        .build()
+        .unwrap()
 }
 
 /// Kick-off GET with the standard headers; returns the status URL.
 pub async fn kickoff(base: &str, query: &str) -> String {
-    let url = if query.is_empty() { format!("{base}/$export") } else { format!("{base}/$export?{query}") };
+    let url = if query.is_empty() {
+        format!("{base}/$export")
+    } else {
+        format!("{base}/$export?{query}")
+    };
     let resp = http()
         .get(url)
         .header("Accept", "application/fhir+json")
@@ -114,28 +152,62 @@ pub async fn kickoff(base: &str, query: &str) -> String {
         .await
         .unwrap();
     let status = resp.status();
-    let loc = resp.headers().get("content-location").map(|v| v.to_str().unwrap().to_string());
-    assert_eq!(status, 202, "kick-off failed: {}", resp.text().await.unwrap_or_default());
+    let loc = resp
+        .headers()
+        .get("content-location")
+        .map(|v| v.to_str().unwrap().to_string());
+    assert_eq!(
+        status,
+        202,
+        "kick-off failed: {}",
+        resp.text().await.unwrap_or_default()
+    );
     loc.expect("Content-Location")
 }
 
 /// Polls until 200; returns the manifest.
 pub async fn wait_complete(status_url: &str) -> Value {
     for _ in 0..3000 {
-        let resp = http().get(status_url).header("Accept", "application/json").send().await.unwrap();
+        let resp = http()
+            .get(status_url)
+            .header("Accept", "application/json")
+            .send()
+            .await
+            .unwrap();
         match resp.status().as_u16() {
             200 => {
-                assert!(resp.headers()["content-type"].to_str().unwrap().starts_with("application/json"));
+                assert!(
+                    resp.headers()["content-type"]
+                        .to_str()
+                        .unwrap()
+                        .starts_with("application/json")
+                );
                 assert!(resp.headers().contains_key("expires"));
                 return resp.json().await.unwrap();
             }
             202 => {
-                let p = resp.headers().get("x-progress").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
-                assert!(p.len() < 100 && p.split('%').next().unwrap().parse::<u32>().is_ok(), "X-Progress {p:?}");
-                assert!(resp.headers()["retry-after"].to_str().unwrap().parse::<u64>().is_ok());
+                let p = resp
+                    .headers()
+                    .get("x-progress")
+                    .map(|v| v.to_str().unwrap().to_string())
+                    .unwrap_or_default();
+                assert!(
+                    p.len() < 100 && p.split('%').next().unwrap().parse::<u32>().is_ok(),
+                    "X-Progress {p:?}"
+                );
+                assert!(
+                    resp.headers()["retry-after"]
+                        .to_str()
+                        .unwrap()
+                        .parse::<u64>()
+                        .is_ok()
+                );
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
-            s => panic!("status answered {s}: {}", resp.text().await.unwrap_or_default()),
+            s => panic!(
+                "status answered {s}: {}",
+                resp.text().await.unwrap_or_default()
+            ),
         }
     }
     panic!("export did not complete in time");
@@ -151,7 +223,11 @@ pub async fn download_outputs(manifest: &Value) -> Vec<(String, String, Vec<u8>)
         assert_eq!(resp.status(), 200, "download of {url}");
         let body = resp.bytes().await.unwrap().to_vec();
         let lines = body.iter().filter(|b| **b == b'\n').count() as u64;
-        assert_eq!(item["count"].as_u64(), Some(lines), "manifest count of {ty}");
+        assert_eq!(
+            item["count"].as_u64(),
+            Some(lines),
+            "manifest count of {ty}"
+        );
         out.push((ty, url, body));
     }
     out
@@ -163,7 +239,10 @@ pub fn multiset<'a>(bodies: impl Iterator<Item = &'a [u8]>) -> BTreeMap<(String,
     for body in bodies {
         for line in body.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
             let v: Value = serde_json::from_slice(line).expect("every line is JSON");
-            let key = (v["resourceType"].as_str().unwrap().to_string(), v["id"].as_str().unwrap().to_string());
+            let key = (
+                v["resourceType"].as_str().unwrap().to_string(),
+                v["id"].as_str().unwrap().to_string(),
+            );
             *m.entry(key).or_insert(0) += 1;
         }
     }
