@@ -14,6 +14,9 @@ if [ ! -x .venv-test/bin/moto_server ] || [ ! -x .venv-test/bin/cfn-lint ]; then
   .venv-test/bin/pip install --quiet --disable-pip-version-check 'moto[server]==5.2.5' 'cfn-lint==1.58.0'
 fi
 
+step "tools: the FHIR test upstream (@medplum/fhir-router from npm)"
+npm ci --prefix tests/fhir-fixture --no-audit --no-fund --loglevel=error
+
 step "cargo fmt --check"
 cargo fmt --all --check
 
@@ -38,6 +41,6 @@ done
 curl -fs "http://127.0.0.1:$PORT/moto-api/" > /dev/null
 AWS_ENDPOINT_URL_DYNAMODB="http://127.0.0.1:$PORT" AWS_ENDPOINT_URL_S3="http://127.0.0.1:$PORT" \
 AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_REGION=us-east-1 \
-  cargo test -p bulk-export-tests --locked --test api --test export_e2e --test duplicate_delivery -- --test-threads=2
+  cargo test -p bulk-export-tests --locked --test api --test export_e2e --test duplicate_delivery --test fhir_source -- --test-threads=2
 
 step "all checks passed"

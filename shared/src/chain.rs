@@ -519,6 +519,11 @@ pub async fn maybe_complete_job(svc: &ExportServices, job_id: &str) -> Result<()
                     .await
                 {
                     Ok(()) => {
+                        if let Some(schedule) = &job.schedule {
+                            svc.store
+                                .record_schedule_success(schedule, &job.transaction_time)
+                                .await?;
+                        }
                         tracing::info!(job_id, "export complete");
                         return Ok(());
                     }

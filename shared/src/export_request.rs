@@ -341,7 +341,7 @@ fn parse_type_filter(raw: &str) -> Result<TypeFilter, ApiError> {
             )));
         }
     }
-    if query.contains('#') || query.contains("://") {
+    if query.contains('#') {
         return Err(ApiError::BadRequest(format!(
             "_typeFilter {} must be a plain search query",
             quote(raw)

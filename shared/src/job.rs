@@ -73,6 +73,9 @@ pub struct Job {
     pub expires_at: i64,
     /// Why the job failed, when it did.
     pub failure: Option<String>,
+    /// Name of the schedule that started it, for scheduled exports.
+    #[serde(default)]
+    pub schedule: Option<String>,
     /// Status (authoritative copy is a top-level attribute).
     #[serde(skip, default = "default_status")]
     pub status: JobStatus,

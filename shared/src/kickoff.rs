@@ -123,6 +123,31 @@ pub async fn kickoff(
         ));
     }
 
+    let job = start_export(svc, &caller.client_id, level, request, request_url, None).await?;
+
+    let body = operation_outcome(
+        Severity::Information,
+        "informational",
+        "Export accepted; poll the Content-Location URL for status.",
+    );
+    let mut resp = fhir_json(StatusCode::ACCEPTED, &body);
+    let location = status_url(svc.config.base(), &job.id);
+    let value = HeaderValue::from_str(&location)
+        .map_err(|_| ApiError::Internal("invalid status URL".into()))?;
+    resp.headers_mut().insert(header::CONTENT_LOCATION, value);
+    Ok(resp)
+}
+
+/// Creates a validated export job with one chain per type and starts its
+/// chains. Shared by HTTP kick-off and scheduled exports.
+pub async fn start_export(
+    svc: &ExportServices,
+    owner: &str,
+    level: ExportLevel,
+    request: crate::export_request::ExportRequest,
+    request_url: String,
+    schedule: Option<String>,
+) -> Result<Job, ApiError> {
     let types = if request.types.is_empty() {
         svc.source.resource_types().await.map_err(|e| {
             ApiError::Unavailable(format!("could not list the source's resource types: {e}"))
@@ -149,7 +174,7 @@ pub async fn kickoff(
     let chains: Vec<_> = types.iter().map(|t| new_chain(&job_id, t, t)).collect();
     let mut job = Job {
         id: job_id.clone(),
-        owner: caller.client_id.clone(),
+        owner: owner.to_string(),
         request_url,
         transaction_time: format_instant(now),
         level,
@@ -157,6 +182,7 @@ pub async fn kickoff(
         folder,
         expires_at: now.unix_timestamp() + svc.config.retention.as_secs() as i64,
         failure: None,
+        schedule,
         status: if chains.is_empty() {
             JobStatus::Complete
         } else {
@@ -190,16 +216,5 @@ pub async fn kickoff(
         }
     }
     tracing::info!(job_id = %job.id, chains = chains.len(), "export accepted");
-
-    let body = operation_outcome(
-        Severity::Information,
-        "informational",
-        "Export accepted; poll the Content-Location URL for status.",
-    );
-    let mut resp = fhir_json(StatusCode::ACCEPTED, &body);
-    let location = status_url(svc.config.base(), &job.id);
-    let value = HeaderValue::from_str(&location)
-        .map_err(|_| ApiError::Internal("invalid status URL".into()))?;
-    resp.headers_mut().insert(header::CONTENT_LOCATION, value);
-    Ok(resp)
+    Ok(job)
 }

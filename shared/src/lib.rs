@@ -24,6 +24,7 @@ pub mod ndjson_page;
 pub mod object_store;
 pub mod outcome;
 pub mod resource_types;
+pub mod schedule;
 pub mod services;
 pub mod source;
 pub mod status;

@@ -37,13 +37,37 @@ pub fn read_head(json: &[u8]) -> Result<ResourceHead<'_>, serde_json::Error> {
 pub fn push_line(out: &mut Vec<u8>, raw: &RawValue) -> Result<(), serde_json::Error> {
     let text = raw.get().as_bytes();
     if text.contains(&b'\n') || text.contains(&b'\r') {
-        let value: serde_json::Value = serde_json::from_slice(text)?;
-        serde_json::to_writer(&mut *out, &value)?;
+        minify_into(out, text);
     } else {
         out.extend_from_slice(text);
     }
     out.push(b'\n');
     Ok(())
+}
+
+/// Copies valid JSON without the whitespace between tokens, keeping key order
+/// and every value byte for byte (JSON strings cannot hold raw newlines, so
+/// every newline is between tokens).
+pub fn minify_into(out: &mut Vec<u8>, json: &[u8]) {
+    let mut in_string = false;
+    let mut escaped = false;
+    for &b in json {
+        if in_string {
+            out.push(b);
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+        } else if b == b'"' {
+            in_string = true;
+            out.push(b);
+        } else if !matches!(b, b' ' | b'\t' | b'\n' | b'\r') {
+            out.push(b);
+        }
+    }
 }
 
 /// One entry of a search Bundle, with the resource kept raw.
@@ -184,6 +208,13 @@ mod tests {
             b"{\"resourceType\":\"Patient\",\"id\":\"a\"}\n"
         );
         assert_eq!(page.next.as_deref(), Some("http://x/next"));
+    }
+
+    #[test]
+    fn minify_keeps_strings_and_order() {
+        let mut out = Vec::new();
+        minify_into(&mut out, b"{ \"b\" : \"x y\\\" z\",\n  \"a\": [1, 2] }");
+        assert_eq!(out, b"{\"b\":\"x y\\\" z\",\"a\":[1,2]}");
     }
 
     #[test]

@@ -448,6 +448,49 @@ impl JobStore for DynamoJobStore {
         Ok(attr_num(&attrs, "next_number")? as u32)
     }
 
+    async fn record_schedule_success(
+        &self,
+        schedule: &str,
+        transaction_time: &str,
+    ) -> Result<(), StoreError> {
+        // Instants are stored in one UTC millisecond format, so string order is time order.
+        let resp = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .item("pk", s(format!("SCHEDULE#{schedule}")))
+            .item("sk", s("LAST"))
+            .item("tx", s(transaction_time))
+            .condition_expression("attribute_not_exists(tx) OR tx < :t")
+            .expression_attribute_values(":t", s(transaction_time))
+            .send()
+            .await;
+        match resp {
+            Ok(_) => Ok(()),
+            Err(e) if is_conditional_failure(&e) => Ok(()),
+            Err(e) => Err(backend(e)),
+        }
+    }
+
+    async fn last_schedule_success(&self, schedule: &str) -> Result<Option<String>, StoreError> {
+        let resp = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", s(format!("SCHEDULE#{schedule}")))
+            .key("sk", s("LAST"))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(backend)?;
+        Ok(resp
+            .item
+            .as_ref()
+            .and_then(|i| i.get("tx"))
+            .and_then(|v| v.as_s().ok())
+            .cloned())
+    }
+
     async fn delete_job(&self, job_id: &str) -> Result<(), StoreError> {
         for item in self.query_prefix(job_id, "").await? {
             let sk = attr_str(&item, "sk")?.to_string();

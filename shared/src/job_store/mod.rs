@@ -51,6 +51,15 @@ pub trait JobStore: Send + Sync {
     async fn list_files(&self, job_id: &str) -> Result<Vec<FileRecord>, StoreError>;
     /// Atomically allocates the next file number (from 1) for a type.
     async fn next_file_number(&self, job_id: &str, resource_type: &str) -> Result<u32, StoreError>;
+    /// Records the transaction time of a schedule's successful export
+    /// (only ever moving forward).
+    async fn record_schedule_success(
+        &self,
+        schedule: &str,
+        transaction_time: &str,
+    ) -> Result<(), StoreError>;
+    /// Transaction time of a schedule's last successful export.
+    async fn last_schedule_success(&self, schedule: &str) -> Result<Option<String>, StoreError>;
     /// Removes every item of a job.
     async fn delete_job(&self, job_id: &str) -> Result<(), StoreError>;
 }

@@ -3,11 +3,28 @@
 
 use super::{Page, PageRequest, Source, SourceError};
 use crate::instant::format_instant;
-use crate::ndjson_page::frame_search_bundle;
+use crate::ndjson_page::{frame_search_bundle, read_head};
 use async_trait::async_trait;
 use rand::Rng;
 use reqwest::StatusCode;
 use std::time::Duration;
+
+/// Characters a `_typeFilter` query may not carry raw in a URL query string;
+/// existing `%XX` escapes and the query's own `&`/`=` separators pass through.
+const QUERY_UNSAFE: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS
+    .add(b' ')
+    .add(b'"')
+    .add(b'#')
+    .add(b'<')
+    .add(b'>')
+    .add(b'`')
+    .add(b'{')
+    .add(b'}')
+    .add(b'|')
+    .add(b'\\')
+    .add(b'^')
+    .add(b'[')
+    .add(b']');
 
 /// Retry policy for upstream requests.
 #[derive(Debug, Clone)]
@@ -100,7 +117,7 @@ impl FhirServerSource {
         ));
         if let Some(q) = filter {
             url.push('&');
-            url.push_str(q);
+            url.push_str(&percent_encoding::utf8_percent_encode(q, QUERY_UNSAFE).to_string());
         }
         url
     }
@@ -181,6 +198,77 @@ impl FhirServerSource {
             }
         }
         Err(SourceError::Exhausted(last))
+    }
+}
+
+/// Ids per `_id=` membership query, keeping URLs well under common limits.
+const IDS_PER_QUERY: usize = 100;
+
+impl FhirServerSource {
+    /// Several `_typeFilter` queries for one type combine with OR; a resource
+    /// matching filter k is emitted only if no earlier filter matches it, so
+    /// it appears once. Membership is asked of the upstream with `_id=` batches.
+    async fn drop_earlier_matches(
+        &self,
+        req: &PageRequest<'_>,
+        earlier: &[Option<&str>],
+        ndjson: Vec<u8>,
+    ) -> Result<(Vec<u8>, u64), SourceError> {
+        let lines: Vec<&[u8]> = ndjson
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .collect();
+        let ids: Vec<String> = lines
+            .iter()
+            .filter_map(|l| read_head(l).ok().and_then(|h| h.id.map(str::to_string)))
+            .collect();
+        let mut seen = std::collections::HashSet::new();
+        for filter in earlier.iter().flatten() {
+            for batch in ids.chunks(IDS_PER_QUERY) {
+                let mut url = self.first_url(
+                    &PageRequest {
+                        page_size: batch.len(),
+                        ..req.clone()
+                    },
+                    Some(filter),
+                );
+                url.push_str("&_id=");
+                url.push_str(
+                    &percent_encoding::utf8_percent_encode(&batch.join(","), QUERY_UNSAFE)
+                        .to_string(),
+                );
+                let ty = req.resource_type;
+                let body = self
+                    .get(&url, |b| frame_search_bundle(b, ty).is_ok())
+                    .await?
+                    .ok_or_else(|| {
+                        SourceError::Permanent(format!("upstream has no {ty} search (404)"))
+                    })?;
+                let framed = frame_search_bundle(&body, ty)
+                    .map_err(|e| SourceError::Permanent(e.to_string()))?;
+                for line in framed
+                    .ndjson
+                    .split(|b| *b == b'\n')
+                    .filter(|l| !l.is_empty())
+                {
+                    if let Some(id) = read_head(line).ok().and_then(|h| h.id) {
+                        seen.insert(id.to_string());
+                    }
+                }
+            }
+        }
+        let mut out = Vec::with_capacity(ndjson.len());
+        let mut count = 0u64;
+        for line in lines {
+            let id = read_head(line).ok().and_then(|h| h.id);
+            if id.is_some_and(|id| seen.contains(id)) {
+                continue;
+            }
+            out.extend_from_slice(line);
+            out.push(b'\n');
+            count += 1;
+        }
+        Ok((out, count))
     }
 }
 
@@ -272,9 +360,15 @@ impl Source for FhirServerSource {
             None if idx + 1 < filters.len() => Some(format!("{} ", idx + 1)),
             None => None,
         };
+        let (ndjson, count) = if idx > 0 && framed.count > 0 {
+            self.drop_earlier_matches(req, &filters[..idx], framed.ndjson)
+                .await?
+        } else {
+            (framed.ndjson, framed.count)
+        };
         Ok(Page {
-            ndjson: framed.ndjson,
-            count: framed.count,
+            ndjson,
+            count,
             next,
         })
     }

@@ -3,7 +3,7 @@
 
 use super::{Page, PageRequest, Source, SourceError};
 use crate::instant::parse_instant;
-use crate::ndjson_page::read_head;
+use crate::ndjson_page::{minify_into, read_head};
 use crate::resource_types::is_resource_type;
 use async_trait::async_trait;
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
@@ -120,10 +120,7 @@ impl NdjsonSource {
                 }
                 if line.contains(&b'\r') {
                     // A bare CR inside a line would break NDJSON framing downstream.
-                    let v: serde_json::Value = serde_json::from_slice(&line)
-                        .map_err(|_| SourceError::Permanent("resource is not valid JSON".into()))?;
-                    serde_json::to_writer(&mut page.ndjson, &v)
-                        .map_err(|_| SourceError::Permanent("resource is not valid JSON".into()))?;
+                    minify_into(&mut page.ndjson, &line);
                 } else {
                     page.ndjson.extend_from_slice(&line);
                 }

@@ -261,3 +261,66 @@ pub fn source_multiset(dir: &Path, skip_group: bool) -> BTreeMap<(String, String
     }
     multiset(bodies.iter().map(|b| b.as_slice()))
 }
+
+/// The real third-party FHIR search engine (medplum's in-memory repository
+/// behind tests/fhir-fixture/server.mjs), loaded with `data`. Killed on drop.
+pub struct FhirFixture {
+    child: tokio::process::Child,
+    /// Its FHIR base URL.
+    pub base: String,
+}
+
+impl FhirFixture {
+    pub async fn start(data: &Path) -> Self {
+        use tokio::io::AsyncBufReadExt;
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("fhir-fixture/server.mjs");
+        assert!(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("fhir-fixture/node_modules/@medplum/fhir-router")
+                .exists(),
+            "run `npm ci --prefix tests/fhir-fixture` first (scripts/test.sh does)"
+        );
+        let mut child = tokio::process::Command::new("node")
+            .arg(script)
+            .arg("--data")
+            .arg(data)
+            .arg("--port")
+            .arg("0")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("node must be installed to run the FHIR fixture");
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = tokio::io::BufReader::new(stdout).lines();
+        let line = tokio::time::timeout(Duration::from_secs(120), lines.next_line())
+            .await
+            .expect("fixture did not start in time")
+            .unwrap()
+            .expect("fixture exited before listening");
+        let base = line
+            .strip_prefix("listening on ")
+            .expect("listening line")
+            .trim()
+            .to_string();
+        FhirFixture { child, base }
+    }
+
+    /// Upstream request counters.
+    pub async fn stats(&self) -> Value {
+        http()
+            .get(format!("{}/__stats", self.base.trim_end_matches("/fhir")))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for FhirFixture {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+    }
+}
