@@ -10,6 +10,7 @@ use crate::job::StepEvent;
 use crate::job_store::dynamo::DynamoJobStore;
 use crate::object_store::s3::S3ObjectStore;
 use crate::outcome::ApiError;
+use crate::schedule::{ScheduledExport, run_scheduled_export};
 use crate::services::ExportServices;
 use crate::source::Source;
 use crate::source::fhir_server::{FhirServerSource, RetryPolicy};
@@ -150,6 +151,87 @@ pub async fn http_handler(
         Err(e) => Body::Binary(e.into_bytes()),
     };
     lambda_http::Response::from_parts(parts, body)
+}
+
+/// Handles one raw API Gateway HTTP API (payload 2.0) event and returns the
+/// proxy response JSON. The kick-off function also accepts a scheduler event
+/// (`{"scheduledExport": {...}}`) and starts that export.
+pub async fn api_event_handler(
+    svc: &ExportServices,
+    event: serde_json::Value,
+) -> serde_json::Value {
+    if let Some(scheduled) = event.get("scheduledExport") {
+        return match serde_json::from_value::<ScheduledExport>(scheduled.clone()) {
+            Ok(ev) => match run_scheduled_export(svc, &ev).await {
+                Ok(run) => serde_json::json!({ "started": run }),
+                Err(e) => {
+                    tracing::error!(error = %e, "scheduled export failed to start");
+                    serde_json::json!({ "error": e.to_string(), "status": e.status().as_u16() })
+                }
+            },
+            Err(e) => {
+                serde_json::json!({ "error": format!("invalid scheduledExport event: {e}"), "status": 400 })
+            }
+        };
+    }
+    let response = match lambda_http::request::from_str(&event.to_string()) {
+        Ok(request) => http_handler(svc, request).await,
+        Err(_) => {
+            let resp = ApiError::BadRequest("unrecognised event".into()).into_response();
+            let (parts, body) = resp.into_parts();
+            lambda_http::Response::from_parts(
+                parts,
+                Body::Text(String::from_utf8_lossy(&body).into_owned()),
+            )
+        }
+    };
+    proxy_response(response)
+}
+
+/// The API Gateway HTTP API proxy response for an HTTP response.
+fn proxy_response(resp: lambda_http::Response<Body>) -> serde_json::Value {
+    let (parts, body) = resp.into_parts();
+    let mut headers = serde_json::Map::new();
+    for (name, value) in &parts.headers {
+        if let Ok(v) = value.to_str() {
+            headers.insert(
+                name.as_str().to_string(),
+                serde_json::Value::String(v.to_string()),
+            );
+        }
+    }
+    let (body, base64) = match body {
+        Body::Text(t) => (t, false),
+        Body::Binary(b) => (base64_encode(&b), true),
+        _ => (String::new(), false),
+    };
+    serde_json::json!({
+        "statusCode": parts.status.as_u16(),
+        "headers": headers,
+        "body": body,
+        "isBase64Encoded": base64,
+    })
+}
+
+fn base64_encode(bytes: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }
 
 /// Handles one chunk-worker invocation; `deadline_ms` is the Lambda deadline
