@@ -4,11 +4,13 @@
 use crate::caller::Caller;
 use crate::chain::{new_chain, write_error_file};
 use crate::export_request::{
-    ExportLevel, check_accept, parameters_pairs, parse_export_request, parse_prefer, query_pairs,
+    ExportLevel, ExportRequest, check_accept, parameters_pairs, parse_export_request, parse_prefer,
+    query_pairs,
 };
 use crate::instant::{format_instant, now_millis};
 use crate::job::{Job, JobStatus, StepEvent};
 use crate::outcome::{ApiError, Severity, fhir_json, operation_outcome, quote};
+use crate::scopes::{ReadableTypes, readable_types};
 use crate::services::ExportServices;
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
@@ -123,6 +125,7 @@ pub async fn kickoff(
         ));
     }
 
+    apply_scopes(&mut request, &readable_types(&caller.scopes), prefs.lenient)?;
     let job = start_export(svc, &caller.client_id, level, request, request_url, None).await?;
 
     let body = operation_outcome(
@@ -136,6 +139,65 @@ pub async fn kickoff(
         .map_err(|_| ApiError::Internal("invalid status URL".into()))?;
     resp.headers_mut().insert(header::CONTENT_LOCATION, value);
     Ok(resp)
+}
+
+/// Limits the export to the types the caller's scopes can read: explicitly
+/// requested types outside the scopes are refused (403; lenient: skipped and
+/// recorded), `_typeFilter` cannot widen access, and an export without `_type`
+/// covers only the granted types.
+pub fn apply_scopes(
+    request: &mut ExportRequest,
+    readable: &ReadableTypes,
+    lenient: bool,
+) -> Result<(), ApiError> {
+    if readable.is_empty() {
+        return Err(ApiError::Forbidden(
+            "the access token grants no system-level read scope (system/<Type>.read or system/<Type>.rs)".into(),
+        ));
+    }
+    if let Some(f) = request
+        .type_filters
+        .iter()
+        .find(|f| !readable.allows(&f.resource_type))
+    {
+        return Err(ApiError::Forbidden(format!(
+            "_typeFilter for {} is outside the access token's scopes",
+            quote(&f.resource_type)
+        )));
+    }
+    if request.types.is_empty() {
+        if !readable.all {
+            request.types = readable.types.clone();
+        }
+        return Ok(());
+    }
+    let denied: Vec<String> = request
+        .types
+        .iter()
+        .filter(|t| !readable.allows(t))
+        .cloned()
+        .collect();
+    if denied.is_empty() {
+        return Ok(());
+    }
+    if !lenient || denied.len() == request.types.len() {
+        return Err(ApiError::Forbidden(format!(
+            "the access token does not allow reading {}",
+            denied
+                .iter()
+                .map(|t| quote(t))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+    request.types.retain(|t| readable.allows(t));
+    for t in denied {
+        request.ignored.push(format!(
+            "_type {} is outside the access token's scopes; skipped under handling=lenient",
+            quote(&t)
+        ));
+    }
+    Ok(())
 }
 
 /// Creates a validated export job with one chain per type and starts its

@@ -25,6 +25,7 @@ pub mod object_store;
 pub mod outcome;
 pub mod resource_types;
 pub mod schedule;
+pub mod scopes;
 pub mod services;
 pub mod source;
 pub mod status;
