@@ -44,6 +44,9 @@ pub async fn cancel(
         .delete_prefix(&format!("{}/", job.folder))
         .await
         .map_err(|e| unavailable(&e))?;
+    if let Err(e) = crate::admission::promote_queued(svc).await {
+        tracing::warn!(error = %e, "could not start queued exports after a cancel");
+    }
     tracing::info!(job_id = %job.id, "export cancelled");
     let body = operation_outcome(
         Severity::Information,

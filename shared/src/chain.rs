@@ -103,14 +103,8 @@ pub async fn run_step(
         return Ok(StepOutcome::Stale);
     }
     if job.status == JobStatus::Queued {
-        match svc
-            .store
-            .set_job_status(&job, JobStatus::Running, None)
-            .await
-        {
-            Ok(()) | Err(StoreError::Conflict) => {}
-            Err(e) => return Err(e.into()),
-        }
+        // Queued jobs start only through admission control.
+        return Ok(StepOutcome::Stale);
     }
     let span =
         tracing::info_span!("step", job_id = %job.id, chain = %chain.chain_id, step = chain.step);
@@ -247,6 +241,7 @@ pub async fn run_step(
     }
 
     let mut last_part = 0usize;
+    let mut already_completed = false;
     if !buf.is_empty() {
         if chain.open_file.is_none() && !open_new_file(svc, &job, &mut chain).await? {
             return Ok(StepOutcome::Stale);
@@ -261,16 +256,24 @@ pub async fn run_step(
             {
                 Ok(etag) => etag,
                 Err(ObjectError::NoSuchUpload) => {
-                    // Only a concurrent duplicate of this step completes this
-                    // upload (and then commits); anything else is a fault.
+                    // Only an earlier attempt or a concurrent duplicate of this
+                    // very step completes this upload: if the chain moved on,
+                    // this delivery is stale; if the object holds exactly the
+                    // committed bytes plus this part, the file is done.
                     let now = svc.store.get_chain(&job.id, &chain.chain_id).await?;
-                    let moved_on = now.is_some_and(|c| c.version != chain.version);
-                    if moved_on || object_appears(svc, &open.key, None).await? {
+                    if now.is_some_and(|c| c.version != chain.version) {
                         return Ok(StepOutcome::Stale);
                     }
-                    return Err(
-                        ObjectError::Backend(format!("upload of {} vanished", open.key)).into(),
-                    );
+                    let whole = open.bytes + last_part as u64;
+                    if !object_appears(svc, &open.key, Some(whole)).await? {
+                        return Err(ObjectError::Backend(format!(
+                            "upload of {} vanished",
+                            open.key
+                        ))
+                        .into());
+                    }
+                    already_completed = true;
+                    String::new()
                 }
                 Err(e) => return Err(e.into()),
             };
@@ -294,7 +297,7 @@ pub async fn run_step(
 
     // A part under 5 MiB may only be the last of its file.
     let small_tail = last_part > 0 && last_part < MIN_PART_SIZE;
-    if (exhausted || small_tail)
+    if (exhausted || small_tail || already_completed)
         && let Some(open) = chain.open_file.take()
     {
         complete_file(svc, &job, &chain, &open).await?;
@@ -360,13 +363,13 @@ async fn open_new_file(
     chain.reserved_number = None;
     match svc.store.save_chain(chain).await {
         Ok(()) => Ok(true),
-        Err(err) => {
+        Err(StoreError::Conflict) => {
             let _ = svc.objects.abort_upload(&key, &upload_id).await;
-            match err {
-                StoreError::Conflict => Ok(false),
-                e => Err(e.into()),
-            }
+            Ok(false)
         }
+        // The write may have landed: keep the upload (an orphan is aborted by
+        // the bucket's lifecycle rule), never abort one the chain may own.
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -451,13 +454,13 @@ pub async fn write_error_file(
     Ok(())
 }
 
-/// Ends a chain whose source failed permanently: what it exported so far is
+/// Ends a chain whose source failed permanently (or that stalled too often): what it exported so far is
 /// kept, and an OperationOutcome explains the rest.
-async fn fail_chain(
+pub async fn fail_chain(
     svc: &ExportServices,
     job: &Job,
     mut chain: Chain,
-    err: &SourceError,
+    err: &(dyn std::fmt::Display + Sync),
 ) -> Result<StepOutcome, StepError> {
     tracing::warn!(job_id = %job.id, chain = %chain.chain_id, error = %err, "chain failed");
     if let Some(open) = chain.open_file.take() {
@@ -525,6 +528,7 @@ pub async fn maybe_complete_job(svc: &ExportServices, job_id: &str) -> Result<()
                                 .await?;
                         }
                         tracing::info!(job_id, "export complete");
+                        crate::admission::promote_queued(svc).await?;
                         return Ok(());
                     }
                     Err(StoreError::Conflict) => continue,
@@ -535,6 +539,7 @@ pub async fn maybe_complete_job(svc: &ExportServices, job_id: &str) -> Result<()
                 svc.objects
                     .delete_prefix(&format!("{}/", job.folder))
                     .await?;
+                crate::admission::promote_queued(svc).await?;
                 return Ok(());
             }
             JobStatus::Complete | JobStatus::Failed => return Ok(()),

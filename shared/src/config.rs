@@ -29,6 +29,10 @@ pub struct ExportConfig {
     pub retry_after_secs: u64,
     /// Most exports running at once (all clients).
     pub max_running_jobs: usize,
+    /// Most exports one client may have running at once.
+    pub max_running_per_client: usize,
+    /// Most exports waiting for a slot; beyond it kick-off answers 429.
+    pub max_queued_jobs: usize,
     /// Largest accepted request body.
     pub max_body_bytes: usize,
     /// Longest accepted request URL.
@@ -48,6 +52,8 @@ impl Default for ExportConfig {
             retention: Duration::from_secs(7 * 24 * 3600),
             retry_after_secs: 2,
             max_running_jobs: 64,
+            max_running_per_client: 16,
+            max_queued_jobs: 256,
             max_body_bytes: 1024 * 1024,
             max_url_bytes: 8 * 1024,
         }
@@ -118,6 +124,12 @@ impl ExportConfig {
         }
         if let Some(v) = env_num(get, "BULK_EXPORT_MAX_RUNNING_JOBS")? {
             c.max_running_jobs = v;
+        }
+        if let Some(v) = env_num(get, "BULK_EXPORT_MAX_RUNNING_PER_CLIENT")? {
+            c.max_running_per_client = v;
+        }
+        if let Some(v) = env_num(get, "BULK_EXPORT_MAX_QUEUED_JOBS")? {
+            c.max_queued_jobs = v;
         }
         c.validate()?;
         Ok(c)

@@ -1,6 +1,7 @@
 //! `$export` kick-off: validate the request, create the job and its chains,
 //! fan out the first steps and answer 202 with the status URL.
 
+use crate::admission::{Admission, admit};
 use crate::caller::Caller;
 use crate::chain::{new_chain, write_error_file};
 use crate::export_request::{
@@ -218,6 +219,7 @@ pub async fn start_export(
         request.types.clone()
     };
 
+    let admission = admit(svc, owner).await?;
     let job_id = new_job_id();
     let now = now_millis();
     let container = match &request.container {
@@ -247,6 +249,8 @@ pub async fn start_export(
         schedule,
         status: if chains.is_empty() {
             JobStatus::Complete
+        } else if admission == Admission::Queue {
+            JobStatus::Queued
         } else {
             JobStatus::Running
         },
@@ -266,7 +270,7 @@ pub async fn start_export(
         .await
         .map_err(|e| ApiError::Unavailable(format!("could not store the job: {e}")))?;
     job.version = 0;
-    for chain in &chains {
+    for chain in chains.iter().filter(|_| job.status == JobStatus::Running) {
         let ev = StepEvent {
             job_id: job.id.clone(),
             chain_id: chain.chain_id.clone(),

@@ -5,6 +5,7 @@
 //! [`job_store::JobStore`], [`object_store::ObjectStore`],
 //! [`source::Source`] and [`continuation::Continuation`].
 
+pub mod admission;
 pub mod api;
 pub mod caller;
 pub mod cancel;

@@ -1,5 +1,6 @@
 //! `GET <status URL>`: progress while running, the manifest when complete.
 
+use crate::admission::queue_position;
 use crate::caller::Caller;
 use crate::chain::maybe_complete_job;
 use crate::job::{ChainState, Job, JobStatus};
@@ -84,7 +85,10 @@ pub async fn status(
         JobStatus::Queued | JobStatus::Running => {
             let (pct, exported, expected, done, total) = progress(svc, &job).await?;
             let text = if job.status == JobStatus::Queued {
-                "0% complete: queued".to_string()
+                let position = queue_position(svc, &job)
+                    .await
+                    .map_err(|e| ApiError::Unavailable(format!("job store unavailable: {e}")))?;
+                format!("0% complete: queued, position {position}")
             } else {
                 format!(
                     "{pct}% complete: {exported}/{expected} resources, {done}/{total} types done"

@@ -1,11 +1,14 @@
 //! The stuck-chain watchdog: finds running chains whose last committed step
 //! is older than the stall timeout and schedules their current step again.
 
-use crate::chain::StepError;
+use crate::chain::{StepError, fail_chain};
 use crate::job::{ChainState, StepEvent};
 use crate::job_store::StoreError;
 use crate::services::ExportServices;
 use std::time::Duration;
+
+/// Restarts after which a stalled chain is failed instead.
+pub const MAX_RESTARTS: u32 = 3;
 
 /// What one sweep did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -14,6 +17,8 @@ pub struct SweepReport {
     pub jobs: usize,
     /// Chains whose current step was scheduled again.
     pub restarted: usize,
+    /// Chains failed after stalling more than [`MAX_RESTARTS`] times.
+    pub failed: usize,
 }
 
 /// Schedules the current step of every running chain that has made no
@@ -22,11 +27,24 @@ pub struct SweepReport {
 pub async fn sweep(svc: &ExportServices, stall: Duration) -> Result<SweepReport, StepError> {
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     let mut report = SweepReport::default();
+    crate::admission::promote_queued(svc).await?;
     for job in svc.store.active_jobs().await? {
+        if job.status != crate::job::JobStatus::Running {
+            continue;
+        }
         report.jobs += 1;
         for mut chain in svc.store.list_chains(&job.id).await? {
             if chain.state != ChainState::Running || now - chain.heartbeat < stall.as_secs() as i64
             {
+                continue;
+            }
+            if !stall.is_zero() && chain.restarts >= MAX_RESTARTS {
+                let reason = format!(
+                    "no progress after {} restarts by the watchdog",
+                    chain.restarts
+                );
+                fail_chain(svc, &job, chain, &reason).await?;
+                report.failed += 1;
                 continue;
             }
             if !stall.is_zero() {

@@ -1,0 +1,420 @@
+//! Reliability: admission control and queueing, lost handoffs and stalls
+//! recovered by the watchdog, storage faults retried without loss, expiry.
+//! Each test prints what it injected and what it checked.
+
+mod common;
+
+use async_trait::async_trait;
+use bulk_export::generate::generate;
+use bulk_export::stack::SourceSpec;
+use bulk_export_core::chain::run_step;
+use bulk_export_core::job::{Chain, FileRecord, Job, JobStatus};
+use bulk_export_core::job_store::{JobStore, StoreError};
+use bulk_export_core::object_store::{ObjectError, ObjectStore};
+use bulk_export_core::services::ExportServices;
+use bulk_export_core::watchdog::sweep;
+use bytes::Bytes;
+use common::*;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Runs queued steps until none are left; a failed step is delivered again,
+/// as Lambda retries a failed async invocation.
+async fn drain(stack: &bulk_export::stack::Stack, svc: &ExportServices) -> (u64, u64) {
+    let (mut steps, mut retries) = (0, 0);
+    while let Some(ev) = stack.queue.try_next().await {
+        steps += 1;
+        let mut attempts = 0;
+        while let Err(e) = run_step(svc, &ev, None).await {
+            attempts += 1;
+            retries += 1;
+            if attempts > 45 {
+                eprintln!("attempt {attempts} of {ev:?}: {e}");
+            }
+            assert!(attempts < 50, "step never succeeded: {e}");
+        }
+    }
+    (steps, retries)
+}
+
+async fn verify_complete(status_url: &str, src: &std::path::Path, types: &[&str]) {
+    let manifest = wait_complete(status_url).await;
+    let files = download_outputs(&manifest).await;
+    let got = multiset(files.iter().map(|(_, _, b)| b.as_slice()));
+    let expected: std::collections::BTreeMap<_, _> = source_multiset(src, true)
+        .into_iter()
+        .filter(|((t, _), _)| types.is_empty() || types.contains(&t.as_str()))
+        .collect();
+    assert_eq!(got, expected, "output equals the source exactly");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exports_beyond_the_limit_queue_then_get_429() {
+    let dir = TempDir::new("queue");
+    let src = dir.0.join("src");
+    generate(&src, 20, 1).unwrap();
+    let mut config = small_config();
+    config.max_running_jobs = 1;
+    config.max_queued_jobs = 1;
+    let stack = running_stack(
+        &dir.0.join("data"),
+        SourceSpec::Ndjson(src.clone()),
+        config,
+        0,
+    )
+    .await;
+    let svc = stack.services.clone();
+
+    let a = kickoff(&stack.base_url, "_type=Patient").await;
+    let b = kickoff(&stack.base_url, "_type=Condition").await;
+    let resp = http().get(&b).send().await.unwrap();
+    assert_eq!(resp.status(), 202);
+    assert_eq!(
+        resp.headers()["x-progress"],
+        "0% complete: queued, position 1"
+    );
+    let c = http()
+        .get(format!("{}/$export", stack.base_url))
+        .header("Prefer", "respond-async")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(c.status(), 429, "third export exceeds the queue");
+    assert!(
+        c.headers()["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse::<u64>()
+            .is_ok()
+    );
+    assert_eq!(c.headers()["content-type"], "application/fhir+json");
+
+    // Finishing A starts B.
+    drain(&stack, &svc).await;
+    verify_complete(&a, &src, &["Patient"]).await;
+    drain(&stack, &svc).await;
+    verify_complete(&b, &src, &["Condition"]).await;
+    println!(
+        "injected: limit 1 running + 1 queued; checked: queued position, 429, promotion on completion"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_handoff_is_recovered_by_the_watchdog() {
+    let dir = TempDir::new("lost");
+    let src = dir.0.join("src");
+    generate(&src, 300, 2).unwrap();
+    let stack = running_stack(
+        &dir.0.join("data"),
+        SourceSpec::Ndjson(src.clone()),
+        small_config(),
+        0,
+    )
+    .await;
+    let svc = stack.services.clone();
+    let status_url = kickoff(&stack.base_url, "_type=Observation").await;
+    // Run the first step, then lose the handoff it scheduled.
+    let first = stack.queue.try_next().await.unwrap();
+    run_step(&svc, &first, None).await.unwrap();
+    let lost = stack
+        .queue
+        .try_next()
+        .await
+        .expect("the first step handed off the next one");
+    assert!(stack.queue.try_next().await.is_none());
+    assert_eq!(
+        sweep(&svc, Duration::from_secs(1)).await.unwrap().restarted,
+        0,
+        "not stalled yet"
+    );
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let report = sweep(&svc, Duration::from_secs(1)).await.unwrap();
+    assert_eq!(report.restarted, 1);
+    let again = stack.queue.try_next().await.unwrap();
+    assert_eq!(
+        again, lost,
+        "the watchdog re-delivers exactly the lost step"
+    );
+    run_step(&svc, &again, None).await.unwrap();
+    drain(&stack, &svc).await;
+    verify_complete(&status_url, &src, &["Observation"]).await;
+    println!(
+        "injected: dropped handoff of step {}; checked: watchdog restart and exact output",
+        lost.step
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chain_that_keeps_stalling_fails_into_the_error_file() {
+    let dir = TempDir::new("stall");
+    let src = dir.0.join("src");
+    generate(&src, 50, 2).unwrap();
+    let stack = running_stack(
+        &dir.0.join("data"),
+        SourceSpec::Ndjson(src.clone()),
+        small_config(),
+        0,
+    )
+    .await;
+    let svc = stack.services.clone();
+    let status_url = kickoff(&stack.base_url, "_type=Patient,Condition").await;
+    // Patient runs; Condition's steps are always lost.
+    let mut restarts = 0;
+    for round in 0..8 {
+        while let Some(ev) = stack.queue.try_next().await {
+            if ev.chain_id == "Patient" {
+                run_step(&svc, &ev, None).await.unwrap();
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let report = sweep(&svc, Duration::from_secs(1)).await.unwrap();
+        restarts += report.restarted;
+        if report.failed == 1 {
+            println!("chain failed after {restarts} restarts in round {round}");
+            break;
+        }
+    }
+    assert_eq!(restarts, 3);
+    let manifest = wait_complete(&status_url).await;
+    let types: Vec<_> = manifest["output"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        types,
+        vec!["Patient"],
+        "partial success keeps what was exported"
+    );
+    let err = manifest["error"].as_array().unwrap();
+    assert_eq!(err.len(), 1);
+    let body = http()
+        .get(err[0]["url"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        body.contains("Condition") && body.contains("restarts"),
+        "{body}"
+    );
+}
+
+/// Seeded fault decisions: `1 in every` calls fails.
+struct Faults {
+    rng: std::sync::Mutex<bulk_export::generate::Rng>,
+    every: u64,
+}
+
+impl Faults {
+    fn new(seed: u64, every: u64) -> Self {
+        Faults {
+            rng: std::sync::Mutex::new(bulk_export::generate::Rng::new(seed)),
+            every,
+        }
+    }
+    fn hit(&self) -> bool {
+        self.rng.lock().unwrap().next_u64().is_multiple_of(self.every)
+    }
+}
+
+/// Object store wrapper that fails a seeded share of UploadPart and
+/// CompleteMultipartUpload calls with a SlowDown-like error.
+struct FlakyObjects {
+    inner: Arc<dyn ObjectStore>,
+    faults: Faults,
+    injected: AtomicU64,
+}
+
+impl FlakyObjects {
+    fn fault(&self) -> Result<(), ObjectError> {
+        if self.faults.hit() {
+            self.injected.fetch_add(1, Ordering::SeqCst);
+            return Err(ObjectError::Backend(
+                "injected SlowDown: Please reduce your request rate".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl ObjectStore for FlakyObjects {
+    async fn create_upload(&self, key: &str) -> Result<String, ObjectError> {
+        self.inner.create_upload(key).await
+    }
+    async fn upload_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        n: u32,
+        body: Bytes,
+    ) -> Result<String, ObjectError> {
+        self.fault()?;
+        self.inner.upload_part(key, upload_id, n, body).await
+    }
+    async fn complete_upload(
+        &self,
+        key: &str,
+        upload_id: &str,
+        etags: &[String],
+    ) -> Result<(), ObjectError> {
+        self.fault()?;
+        let r = self.inner.complete_upload(key, upload_id, etags).await;
+        // Also fail after a successful completion: the retry must cope.
+        self.fault()?;
+        r
+    }
+    async fn abort_upload(&self, key: &str, upload_id: &str) -> Result<(), ObjectError> {
+        self.inner.abort_upload(key, upload_id).await
+    }
+    async fn put_object(&self, key: &str, body: Bytes) -> Result<(), ObjectError> {
+        self.inner.put_object(key, body).await
+    }
+    async fn object_size(&self, key: &str) -> Result<Option<u64>, ObjectError> {
+        self.inner.object_size(key).await
+    }
+    async fn presign_get(&self, key: &str, ttl: Duration) -> Result<String, ObjectError> {
+        self.inner.presign_get(key, ttl).await
+    }
+    async fn delete_prefix(&self, prefix: &str) -> Result<(), ObjectError> {
+        self.inner.delete_prefix(prefix).await
+    }
+}
+
+/// Job store wrapper that throttles a seeded share of chain reads and writes.
+struct ThrottledStore {
+    inner: Arc<dyn JobStore>,
+    faults: Faults,
+    injected: AtomicU64,
+}
+
+impl ThrottledStore {
+    fn fault(&self) -> Result<(), StoreError> {
+        if self.faults.hit() {
+            self.injected.fetch_add(1, Ordering::SeqCst);
+            return Err(StoreError::Backend(
+                "injected ProvisionedThroughputExceededException".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl JobStore for ThrottledStore {
+    async fn create_job(&self, job: &Job, chains: &[Chain]) -> Result<(), StoreError> {
+        self.inner.create_job(job, chains).await
+    }
+    async fn get_job(&self, id: &str) -> Result<Option<Job>, StoreError> {
+        self.inner.get_job(id).await
+    }
+    async fn set_job_status(
+        &self,
+        job: &Job,
+        s: JobStatus,
+        f: Option<String>,
+    ) -> Result<(), StoreError> {
+        self.inner.set_job_status(job, s, f).await
+    }
+    async fn cancel_job(&self, id: &str) -> Result<bool, StoreError> {
+        self.inner.cancel_job(id).await
+    }
+    async fn active_jobs(&self) -> Result<Vec<Job>, StoreError> {
+        self.inner.active_jobs().await
+    }
+    async fn get_chain(&self, j: &str, c: &str) -> Result<Option<Chain>, StoreError> {
+        self.fault()?;
+        self.inner.get_chain(j, c).await
+    }
+    async fn list_chains(&self, j: &str) -> Result<Vec<Chain>, StoreError> {
+        self.inner.list_chains(j).await
+    }
+    async fn save_chain(&self, chain: &mut Chain) -> Result<(), StoreError> {
+        self.fault()?;
+        self.inner.save_chain(chain).await?;
+        // A write that succeeded but whose answer was lost.
+        self.fault()
+    }
+    async fn finish_chain(&self, chain: &mut Chain) -> Result<(), StoreError> {
+        self.fault()?;
+        self.inner.finish_chain(chain).await
+    }
+    async fn put_file(&self, j: &str, f: &FileRecord) -> Result<(), StoreError> {
+        self.fault()?;
+        self.inner.put_file(j, f).await
+    }
+    async fn list_files(&self, j: &str) -> Result<Vec<FileRecord>, StoreError> {
+        self.inner.list_files(j).await
+    }
+    async fn next_file_number(&self, j: &str, t: &str) -> Result<u32, StoreError> {
+        self.inner.next_file_number(j, t).await
+    }
+    async fn record_schedule_success(&self, s: &str, t: &str) -> Result<(), StoreError> {
+        self.inner.record_schedule_success(s, t).await
+    }
+    async fn last_schedule_success(&self, s: &str) -> Result<Option<String>, StoreError> {
+        self.inner.last_schedule_success(s).await
+    }
+    async fn delete_job(&self, j: &str) -> Result<(), StoreError> {
+        self.inner.delete_job(j).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn storage_faults_are_retried_without_loss() {
+    let dir = TempDir::new("faults");
+    let src = dir.0.join("src");
+    generate(&src, 500, 6).unwrap();
+    let stack = running_stack(
+        &dir.0.join("data"),
+        SourceSpec::Ndjson(src.clone()),
+        small_config(),
+        0,
+    )
+    .await;
+    for seed in [11, 23, 37] {
+        let objects = Arc::new(FlakyObjects {
+            inner: stack.services.objects.clone(),
+            faults: Faults::new(seed, 4),
+            injected: 0.into(),
+        });
+        let store = Arc::new(ThrottledStore {
+            inner: stack.services.store.clone(),
+            faults: Faults::new(seed + 1, 6),
+            injected: 0.into(),
+        });
+        let svc = ExportServices {
+            objects: objects.clone(),
+            store: store.clone(),
+            ..stack.services.clone()
+        };
+        let status_url = kickoff(&stack.base_url, "").await;
+        let (steps, retries) = drain(&stack, &svc).await;
+        let s3_faults = objects.injected.load(Ordering::SeqCst);
+        let db_faults = store.injected.load(Ordering::SeqCst);
+        println!(
+            "seed {seed}: injected {s3_faults} S3 faults and {db_faults} DynamoDB faults over {steps} steps ({retries} step retries)"
+        );
+        assert!(s3_faults > 3 && db_faults > 3);
+        verify_complete(&status_url, &src, &[]).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_exports_answer_404() {
+    let dir = TempDir::new("expiry");
+    let src = dir.0.join("src");
+    generate(&src, 2, 1).unwrap();
+    let mut config = small_config();
+    config.retention = Duration::from_secs(1);
+    let stack = running_stack(&dir.0.join("data"), SourceSpec::Ndjson(src), config, 2).await;
+    let status_url = kickoff(&stack.base_url, "_type=Patient").await;
+    wait_complete(&status_url).await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert_eq!(http().get(&status_url).send().await.unwrap().status(), 404);
+}
