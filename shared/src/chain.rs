@@ -48,6 +48,10 @@ pub enum StepError {
     /// The next step could not be scheduled.
     #[error(transparent)]
     Continuation(#[from] ContinuationError),
+    /// An open multipart upload disappeared without becoming an object (an
+    /// interrupted completion on a non-atomic store, or a lifecycle abort).
+    #[error("multipart upload of {0} was lost")]
+    UploadLost(String),
 }
 
 /// The `_lastUpdated` upper bound of a job: `_until` if earlier than the
@@ -83,6 +87,53 @@ fn offset_after_lines(data: &[u8], n: u64) -> usize {
 
 /// Runs one step of one chain.
 pub async fn run_step(
+    svc: &ExportServices,
+    ev: &StepEvent,
+    deadline: Option<Instant>,
+) -> Result<StepOutcome, StepError> {
+    match run_step_once(svc, ev, deadline).await {
+        Err(StepError::UploadLost(key)) => recover_lost_upload(svc, ev, &key).await,
+        other => other,
+    }
+}
+
+/// Rewinds a chain whose open file's upload was lost to the cursor at which
+/// that file was opened, so the file is exported again under the same number.
+async fn recover_lost_upload(
+    svc: &ExportServices,
+    ev: &StepEvent,
+    key: &str,
+) -> Result<StepOutcome, StepError> {
+    let Some(mut chain) = svc.store.get_chain(&ev.job_id, &ev.chain_id).await? else {
+        return Ok(StepOutcome::Stale);
+    };
+    let lost = match &chain.open_file {
+        Some(open) if open.key == key && chain.step == ev.step => open.clone(),
+        _ => return Ok(StepOutcome::Stale),
+    };
+    tracing::warn!(job_id = %ev.job_id, chain = %ev.chain_id, file = lost.number, "upload lost; exporting the file again from its start");
+    chain.cursor = lost.start_cursor;
+    chain.skip = lost.start_skip;
+    chain.exported = chain.exported.saturating_sub(lost.count);
+    chain.open_file = None;
+    chain.reserved_number = Some(lost.number);
+    chain.step += 1;
+    match svc.store.save_chain(&mut chain).await {
+        Ok(()) => {}
+        Err(StoreError::Conflict) => return Ok(StepOutcome::Stale),
+        Err(e) => return Err(e.into()),
+    }
+    svc.continuation
+        .schedule(StepEvent {
+            job_id: ev.job_id.clone(),
+            chain_id: ev.chain_id.clone(),
+            step: chain.step,
+        })
+        .await?;
+    Ok(StepOutcome::Continued)
+}
+
+async fn run_step_once(
     svc: &ExportServices,
     ev: &StepEvent,
     deadline: Option<Instant>,
@@ -266,11 +317,7 @@ pub async fn run_step(
                     }
                     let whole = open.bytes + last_part as u64;
                     if !object_appears(svc, &open.key, Some(whole)).await? {
-                        return Err(ObjectError::Backend(format!(
-                            "upload of {} vanished",
-                            open.key
-                        ))
-                        .into());
+                        return Err(StepError::UploadLost(open.key.clone()));
                     }
                     already_completed = true;
                     String::new()
@@ -353,6 +400,8 @@ async fn open_new_file(
     let key = format!("{}/{}", job.folder, file_name(&chain.resource_type, number));
     let upload_id = svc.objects.create_upload(&key).await?;
     chain.open_file = Some(OpenFile {
+        start_cursor: chain.cursor.clone(),
+        start_skip: chain.skip,
         number,
         key: key.clone(),
         upload_id: upload_id.clone(),
@@ -404,6 +453,9 @@ async fn complete_file(
         // A duplicate of this step may have completed it already (or be doing
         // so right now): the file counts as complete only if it is whole.
         if !object_appears(svc, &open.key, Some(open.bytes)).await? {
+            if matches!(e, ObjectError::NoSuchUpload) {
+                return Err(StepError::UploadLost(open.key.clone()));
+            }
             return Err(e.into());
         }
     }

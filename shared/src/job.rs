@@ -120,6 +120,12 @@ pub struct OpenFile {
     pub bytes: u64,
     /// Lines (resources) uploaded so far.
     pub count: u64,
+    /// Chain cursor when the file was opened, to re-export it if its upload is lost.
+    #[serde(default)]
+    pub start_cursor: Option<String>,
+    /// Chain skip when the file was opened.
+    #[serde(default)]
+    pub start_skip: u64,
 }
 
 /// One chain of steps exporting one resource type (or one partition of it).

@@ -44,27 +44,34 @@ pub async fn load_visible_job(
     Ok(job)
 }
 
-/// Progress as (percent, exported, expected).
-async fn progress(
-    svc: &ExportServices,
-    job: &Job,
-) -> Result<(u64, u64, u64, usize, usize), ApiError> {
+/// Progress as (percent, exported resources, finished chains, chains). A
+/// chain counts fully when finished, by exported/expected while running with
+/// a known total, and as nothing before its total is known.
+async fn progress(svc: &ExportServices, job: &Job) -> Result<(u64, u64, usize, usize), ApiError> {
     let chains = svc
         .store
         .list_chains(&job.id)
         .await
         .map_err(|e| ApiError::Unavailable(format!("job store unavailable: {e}")))?;
     let exported: u64 = chains.iter().map(|c| c.exported).sum();
-    let expected: u64 = chains
-        .iter()
-        .map(|c| c.total.unwrap_or(c.exported).max(c.exported))
-        .sum();
     let done = chains
         .iter()
         .filter(|c| c.state != ChainState::Running)
         .count();
-    let pct = (exported * 100).checked_div(expected).unwrap_or(0).min(99);
-    Ok((pct, exported, expected, done, chains.len()))
+    let fraction: f64 = chains
+        .iter()
+        .map(|c| match (c.state, c.total) {
+            (ChainState::Running, Some(t)) if t > 0 => (c.exported as f64 / t as f64).min(0.99),
+            (ChainState::Running, _) => 0.0,
+            _ => 1.0,
+        })
+        .sum();
+    let pct = if chains.is_empty() {
+        0
+    } else {
+        ((fraction * 100.0) / chains.len() as f64).floor() as u64
+    };
+    Ok((pct.min(99), exported, done, chains.len()))
 }
 
 /// Answers a status poll.
@@ -83,16 +90,14 @@ pub async fn status(
     }
     match job.status {
         JobStatus::Queued | JobStatus::Running => {
-            let (pct, exported, expected, done, total) = progress(svc, &job).await?;
+            let (pct, exported, done, total) = progress(svc, &job).await?;
             let text = if job.status == JobStatus::Queued {
                 let position = queue_position(svc, &job)
                     .await
                     .map_err(|e| ApiError::Unavailable(format!("job store unavailable: {e}")))?;
                 format!("0% complete: queued, position {position}")
             } else {
-                format!(
-                    "{pct}% complete: {exported}/{expected} resources, {done}/{total} types done"
-                )
+                format!("{pct}% complete: {exported} resources, {done}/{total} types done")
             };
             let body = operation_outcome(Severity::Information, "informational", &text);
             let mut resp = fhir_json(StatusCode::ACCEPTED, &body);

@@ -218,7 +218,11 @@ impl Faults {
         }
     }
     fn hit(&self) -> bool {
-        self.rng.lock().unwrap().next_u64().is_multiple_of(self.every)
+        self.rng
+            .lock()
+            .unwrap()
+            .next_u64()
+            .is_multiple_of(self.every)
     }
 }
 
