@@ -14,7 +14,7 @@ use crate::job_store::StoreError;
 use crate::object_store::ObjectError;
 use crate::outcome::{Severity, operation_outcome};
 use crate::services::ExportServices;
-use crate::source::{PageRequest, SourceError};
+use crate::source::{PageRequest, PatientScope, SourceError};
 use bytes::Bytes;
 use std::time::Duration;
 use time::OffsetDateTime;
@@ -177,8 +177,11 @@ async fn run_step_once(
         window: (Option<OffsetDateTime>, OffsetDateTime),
         filters: &'a [TypeFilter],
         page_size: usize,
+        scope: (&'a PatientScope, Option<&'a [String]>),
     ) -> PageRequest<'a> {
         PageRequest {
+            scope: scope.0,
+            batch: scope.1,
             resource_type,
             cursor,
             since: window.0,
@@ -187,6 +190,7 @@ async fn run_step_once(
             page_size,
         }
     }
+    let batch = chain.batch.clone();
     let total = if chain.step == 0 && chain.total.is_none() {
         svc.source
             .estimate(&page_request(
@@ -195,6 +199,7 @@ async fn run_step_once(
                 (since, until),
                 &filters,
                 cfg.page_size,
+                (&job.scope, batch.as_deref()),
             ))
             .await
             .ok()
@@ -225,6 +230,7 @@ async fn run_step_once(
                 (since, until),
                 &filters,
                 cfg.page_size,
+                (&job.scope, batch.as_deref()),
             ))
             .await
         {
@@ -606,6 +612,7 @@ pub fn new_chain(job_id: &str, chain_id: &str, resource_type: &str) -> Chain {
         job_id: job_id.into(),
         chain_id: chain_id.into(),
         resource_type: resource_type.into(),
+        batch: None,
         cursor: None,
         skip: 0,
         step: 0,

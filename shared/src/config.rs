@@ -33,6 +33,8 @@ pub struct ExportConfig {
     pub max_running_per_client: usize,
     /// Most exports waiting for a slot; beyond it kick-off answers 429.
     pub max_queued_jobs: usize,
+    /// Member patients named in one upstream compartment query.
+    pub patient_batch_size: usize,
     /// Largest accepted request body.
     pub max_body_bytes: usize,
     /// Longest accepted request URL.
@@ -54,6 +56,7 @@ impl Default for ExportConfig {
             max_running_jobs: 64,
             max_running_per_client: 16,
             max_queued_jobs: 256,
+            patient_batch_size: 50,
             max_body_bytes: 1024 * 1024,
             max_url_bytes: 8 * 1024,
         }
@@ -127,6 +130,9 @@ impl ExportConfig {
         }
         if let Some(v) = env_num(get, "BULK_EXPORT_MAX_RUNNING_PER_CLIENT")? {
             c.max_running_per_client = v;
+        }
+        if let Some(v) = env_num(get, "BULK_EXPORT_PATIENT_BATCH_SIZE")? {
+            c.patient_batch_size = v;
         }
         if let Some(v) = env_num(get, "BULK_EXPORT_MAX_QUEUED_JOBS")? {
             c.max_queued_jobs = v;

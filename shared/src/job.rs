@@ -73,6 +73,9 @@ pub struct Job {
     pub expires_at: i64,
     /// Why the job failed, when it did.
     pub failure: Option<String>,
+    /// Patient compartments covered (Patient- and Group-level exports).
+    #[serde(default)]
+    pub scope: crate::source::PatientScope,
     /// Name of the schedule that started it, for scheduled exports.
     #[serde(default)]
     pub schedule: Option<String>,
@@ -137,6 +140,10 @@ pub struct Chain {
     pub chain_id: String,
     /// Resource type exported.
     pub resource_type: String,
+    /// Member patients this chain covers, when the source is queried in
+    /// batches of patients.
+    #[serde(default)]
+    pub batch: Option<Vec<String>>,
     /// Source cursor of the next page; `None` before the first page.
     pub cursor: Option<String>,
     /// Lines of the page at `cursor` already exported (a step that filled a

@@ -4,15 +4,18 @@
 use crate::admission::{Admission, admit};
 use crate::caller::Caller;
 use crate::chain::{new_chain, write_error_file};
+use crate::compartment::in_compartment;
 use crate::export_request::{
     ExportLevel, ExportRequest, check_accept, parameters_pairs, parse_export_request, parse_prefer,
     query_pairs,
 };
+use crate::group::resolve_scope;
 use crate::instant::{format_instant, now_millis};
 use crate::job::{Job, JobStatus, StepEvent};
 use crate::outcome::{ApiError, Severity, fhir_json, operation_outcome, quote};
 use crate::scopes::{ReadableTypes, readable_types};
 use crate::services::ExportServices;
+use crate::source::PatientScope;
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use rand::RngCore;
@@ -94,40 +97,21 @@ pub async fn kickoff(
             "_typeFilter is not supported by this server's NDJSON source".into(),
         ));
     }
-    match &level {
-        ExportLevel::System => {}
-        ExportLevel::Patient | ExportLevel::Group(_) => {
-            if let ExportLevel::Group(id) = &level {
-                let exists =
-                    svc.source.group_exists(id).await.map_err(|e| {
-                        ApiError::Unavailable(format!("could not read the Group: {e}"))
-                    })?;
-                if !exists {
-                    return Err(ApiError::NotFound(format!(
-                        "Group {} is not known",
-                        quote(id)
-                    )));
-                }
-            }
-            // Compartment-scoped export is tracked separately; refuse rather than over-export.
-            if prefs.lenient {
-                request.ignored.push(
-                    "Patient- and Group-level compartment filtering is not supported yet".into(),
-                );
-            }
-            return Err(ApiError::NotSupported(
-                "Patient- and Group-level exports are not supported yet; use [base]/$export".into(),
-            ));
-        }
+    let scope = resolve_scope(svc, &level, &request.patients, now_millis()).await?;
+    if scope.is_compartment() {
+        restrict_to_compartment(&mut request, prefs.lenient)?;
     }
-    if !request.patients.is_empty() {
-        return Err(ApiError::NotSupported(
-            "the patient parameter is not supported yet".into(),
-        ));
-    }
-
     apply_scopes(&mut request, &readable_types(&caller.scopes), prefs.lenient)?;
-    let job = start_export(svc, &caller.client_id, level, request, request_url, None).await?;
+    let job = start_export(
+        svc,
+        &caller.client_id,
+        level,
+        request,
+        request_url,
+        None,
+        scope,
+    )
+    .await?;
 
     let body = operation_outcome(
         Severity::Information,
@@ -140,6 +124,77 @@ pub async fn kickoff(
         .map_err(|_| ApiError::Internal("invalid status URL".into()))?;
     resp.headers_mut().insert(header::CONTENT_LOCATION, value);
     Ok(resp)
+}
+
+/// One chain per type; for sources queried by patient, one per type and batch
+/// of member patients, so no query names more than `patient_batch_size` of them.
+fn plan_chains(
+    svc: &ExportServices,
+    job_id: &str,
+    types: &[String],
+    scope: &PatientScope,
+) -> Vec<crate::job::Chain> {
+    let mut chains = Vec::new();
+    for t in types {
+        match scope {
+            PatientScope::Members(ids) if svc.source.queries_by_patient_batch() => {
+                for (n, batch) in ids.chunks(svc.config.patient_batch_size.max(1)).enumerate() {
+                    let mut chain = new_chain(job_id, &format!("{t}.{n}"), t);
+                    chain.batch = Some(batch.to_vec());
+                    chains.push(chain);
+                }
+            }
+            _ => chains.push(new_chain(job_id, t, t)),
+        }
+    }
+    chains
+}
+
+/// True for the types a Patient- or Group-level export can contain.
+fn compartment_type(t: &str) -> bool {
+    t == "Patient" || in_compartment(t)
+}
+
+/// Patient- and Group-level exports cover the Patient compartment: a `_type`
+/// outside it is refused (lenient: skipped with an OperationOutcome).
+fn restrict_to_compartment(request: &mut ExportRequest, lenient: bool) -> Result<(), ApiError> {
+    let outside: Vec<String> = request
+        .types
+        .iter()
+        .filter(|t| !compartment_type(t))
+        .cloned()
+        .collect();
+    if let Some(f) = request
+        .type_filters
+        .iter()
+        .find(|f| !compartment_type(&f.resource_type))
+    {
+        return Err(ApiError::BadRequest(format!(
+            "_typeFilter for {} is outside the Patient compartment",
+            quote(&f.resource_type)
+        )));
+    }
+    if outside.is_empty() {
+        return Ok(());
+    }
+    if !lenient || outside.len() == request.types.len() {
+        return Err(ApiError::BadRequest(format!(
+            "{} not in the Patient compartment; Patient- and Group-level exports cannot include them",
+            outside
+                .iter()
+                .map(|t| quote(t))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+    request.types.retain(|t| compartment_type(t));
+    for t in outside {
+        request.ignored.push(format!(
+            "_type {} is not in the Patient compartment; skipped under handling=lenient",
+            quote(&t)
+        ));
+    }
+    Ok(())
 }
 
 /// Limits the export to the types the caller's scopes can read: explicitly
@@ -210,14 +265,18 @@ pub async fn start_export(
     request: crate::export_request::ExportRequest,
     request_url: String,
     schedule: Option<String>,
+    scope: PatientScope,
 ) -> Result<Job, ApiError> {
-    let types = if request.types.is_empty() {
+    let mut types = if request.types.is_empty() {
         svc.source.resource_types().await.map_err(|e| {
             ApiError::Unavailable(format!("could not list the source's resource types: {e}"))
         })?
     } else {
         request.types.clone()
     };
+    if scope.is_compartment() {
+        types.retain(|t| compartment_type(t));
+    }
 
     let admission = admit(svc, owner).await?;
     let job_id = new_job_id();
@@ -235,7 +294,7 @@ pub async fn start_export(
         ),
     };
     let folder = format!("{container}/{job_id}");
-    let chains: Vec<_> = types.iter().map(|t| new_chain(&job_id, t, t)).collect();
+    let chains = plan_chains(svc, &job_id, &types, &scope);
     let mut job = Job {
         id: job_id.clone(),
         owner: owner.to_string(),
@@ -246,6 +305,7 @@ pub async fn start_export(
         folder,
         expires_at: now.unix_timestamp() + svc.config.retention.as_secs() as i64,
         failure: None,
+        scope,
         schedule,
         status: if chains.is_empty() {
             JobStatus::Complete

@@ -120,7 +120,16 @@ pub async fn run_scheduled_export(
         url = format!("{url}?{}", query.join("&"));
     }
     let owner = ev.owner.clone().unwrap_or_else(|| "scheduler".into());
-    let job = start_export(svc, &owner, level, request, url, Some(ev.name.clone())).await?;
+    let job = start_export(
+        svc,
+        &owner,
+        level,
+        request,
+        url,
+        Some(ev.name.clone()),
+        crate::source::PatientScope::None,
+    )
+    .await?;
     Ok(ScheduledRun {
         status_url: status_url(svc.config.base(), &job.id),
         job_id: job.id,

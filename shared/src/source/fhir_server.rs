@@ -1,7 +1,7 @@
 //! [`Source`] over a FHIR R4 server's search API. Pages are followed through
 //! `link[relation=next]`; the cursor is `<filter index> <next url>`.
 
-use super::{Page, PageRequest, Source, SourceError};
+use super::{Page, PageRequest, PatientScope, Source, SourceError, compartment_owner};
 use crate::instant::format_instant;
 use crate::ndjson_page::{frame_search_bundle, read_head};
 use async_trait::async_trait;
@@ -201,6 +201,56 @@ impl FhirServerSource {
     }
 }
 
+/// The patient restriction of each upstream query: `_id=` for Patient, one
+/// query per compartment parameter for other types, none at system level.
+fn compartment_queries(req: &PageRequest<'_>) -> Vec<Option<String>> {
+    let Some(batch) = req.batch else {
+        return vec![None];
+    };
+    if req.resource_type == "Patient" {
+        return vec![Some(format!("_id={}", batch.join(",")))];
+    }
+    let refs: Vec<String> = batch.iter().map(|id| format!("Patient/{id}")).collect();
+    let refs = refs.join(",");
+    match crate::compartment::compartment_params(req.resource_type) {
+        Some(params) => params
+            .iter()
+            .map(|p| Some(format!("{}={refs}", p.name)))
+            .collect(),
+        None => vec![None],
+    }
+}
+
+/// A resource linked to several covered patients (or through several
+/// parameters) comes back from several batch queries; it is kept only by the
+/// batch holding its smallest covered patient, through the first parameter
+/// linking that patient. Deterministic and stateless: each appears once.
+fn keep_owned_by_batch(
+    ndjson: Vec<u8>,
+    scope: &PatientScope,
+    batch: &[String],
+    param: usize,
+) -> Result<(Vec<u8>, u64), SourceError> {
+    let mut out = Vec::with_capacity(ndjson.len());
+    let mut count = 0u64;
+    for line in ndjson.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+        let value: serde_json::Value = serde_json::from_slice(line)
+            .map_err(|_| SourceError::Permanent("resource is not valid JSON".into()))?;
+        let keep = match compartment_owner(&value, scope) {
+            Some((owner, via)) => via == param && batch.binary_search(&owner).is_ok(),
+            // Linked through an element this server does not expose as we model
+            // it: keep the first parameter's copy.
+            None => param == 0,
+        };
+        if keep {
+            out.extend_from_slice(line);
+            out.push(b'\n');
+            count += 1;
+        }
+    }
+    Ok((out, count))
+}
+
 /// Ids per `_id=` membership query, keeping URLs well under common limits.
 const IDS_PER_QUERY: usize = 100;
 
@@ -325,15 +375,30 @@ impl Source for FhirServerSource {
                 .map(|f| Some(f.query.as_str()))
                 .collect()
         };
-        let (idx, url) = match req.cursor {
-            None => (0usize, self.first_url(req, filters[0])),
+        let links = compartment_queries(req);
+        // Query q runs filter q / links.len() restricted by link q % links.len().
+        let query_url = |q: usize| -> String {
+            let (f, l) = (q / links.len(), q % links.len());
+            let mut url = self.first_url(req, filters.get(f).copied().flatten());
+            if let Some(link) = &links[l] {
+                url.push('&');
+                url.push_str(
+                    &percent_encoding::utf8_percent_encode(link, QUERY_UNSAFE).to_string(),
+                );
+            }
+            url
+        };
+        let queries = filters.len() * links.len();
+        let (q, url) = match req.cursor {
+            None => (0usize, query_url(0)),
             Some(c) => {
                 let (i, u) = c
                     .split_once(' ')
                     .and_then(|(i, u)| Some((i.parse::<usize>().ok()?, u.to_string())))
+                    .filter(|(i, _)| *i < queries)
                     .ok_or_else(|| SourceError::Permanent("malformed FHIR cursor".into()))?;
                 if u.is_empty() {
-                    (i, self.first_url(req, filters.get(i).copied().flatten()))
+                    (i, query_url(i))
                 } else {
                     self.check_same_upstream(&u)?;
                     (i, u)
@@ -355,17 +420,24 @@ impl Source for FhirServerSource {
                     ));
                 }
                 self.check_same_upstream(&n)?;
-                Some(format!("{idx} {n}"))
+                Some(format!("{q} {n}"))
             }
-            None if idx + 1 < filters.len() => Some(format!("{} ", idx + 1)),
+            None if q + 1 < queries => Some(format!("{} ", q + 1)),
             None => None,
         };
-        let (ndjson, count) = if idx > 0 && framed.count > 0 {
-            self.drop_earlier_matches(req, &filters[..idx], framed.ndjson)
-                .await?
-        } else {
-            (framed.ndjson, framed.count)
-        };
+        let (mut ndjson, mut count) = (framed.ndjson, framed.count);
+        let filter_idx = q / links.len();
+        if filter_idx > 0 && count > 0 {
+            (ndjson, count) = self
+                .drop_earlier_matches(req, &filters[..filter_idx], ndjson)
+                .await?;
+        }
+        if let Some(batch) = req.batch
+            && ty != "Patient"
+            && count > 0
+        {
+            (ndjson, count) = keep_owned_by_batch(ndjson, req.scope, batch, q % links.len())?;
+        }
         Ok(Page {
             ndjson,
             count,
@@ -374,7 +446,7 @@ impl Source for FhirServerSource {
     }
 
     async fn estimate(&self, req: &PageRequest<'_>) -> Result<Option<u64>, SourceError> {
-        if !req.type_filters.is_empty() {
+        if !req.type_filters.is_empty() || req.batch.is_some() {
             return Ok(None);
         }
         let url = format!("{}&_summary=count", self.first_url(req, None));
@@ -385,9 +457,57 @@ impl Source for FhirServerSource {
         Ok(v["total"].as_u64())
     }
 
-    async fn group_exists(&self, id: &str) -> Result<bool, SourceError> {
-        let url = format!("{}/Group/{}", self.base, id);
-        Ok(self.get(&url, looks_like_json_resource).await?.is_some())
+    async fn read_resource(
+        &self,
+        resource_type: &str,
+        id: &str,
+    ) -> Result<Option<Vec<u8>>, SourceError> {
+        let url = format!("{}/{}/{}", self.base, resource_type, id);
+        let is_it = |b: &[u8]| read_head(b).is_ok_and(|h| h.resource_type == resource_type);
+        Ok(self.get(&url, is_it).await?.map(|b| {
+            let mut out = Vec::with_capacity(b.len());
+            crate::ndjson_page::minify_into(&mut out, &b);
+            out
+        }))
+    }
+
+    async fn patient_ids(&self) -> Result<Vec<String>, SourceError> {
+        let mut url = format!(
+            "{}/Patient?_count=1000&_elements=id&_pretty=false",
+            self.base
+        );
+        let mut ids = Vec::new();
+        loop {
+            let body = self
+                .get(&url, |b| frame_search_bundle(b, "Patient").is_ok())
+                .await?
+                .ok_or_else(|| {
+                    SourceError::Permanent("upstream has no Patient search (404)".into())
+                })?;
+            let page = frame_search_bundle(&body, "Patient")
+                .map_err(|e| SourceError::Permanent(e.to_string()))?;
+            for line in page.ndjson.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+                if let Some(id) = read_head(line).ok().and_then(|h| h.id) {
+                    ids.push(id.to_string());
+                }
+            }
+            match page.next {
+                Some(n) if n != url => {
+                    self.check_same_upstream(&n)?;
+                    url = n;
+                }
+                Some(_) => {
+                    return Err(SourceError::Permanent(
+                        "upstream next link points back to the same page".into(),
+                    ));
+                }
+                None => return Ok(ids),
+            }
+        }
+    }
+
+    fn queries_by_patient_batch(&self) -> bool {
+        true
     }
 
     fn supports_type_filter(&self) -> bool {

@@ -4,6 +4,48 @@ pub mod fhir_server;
 pub mod ndjson;
 
 use crate::export_request::TypeFilter;
+use serde::{Deserialize, Serialize};
+
+/// Which patients' compartments an export covers.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "ids", rename_all = "lowercase")]
+pub enum PatientScope {
+    /// System level: no compartment restriction.
+    #[default]
+    None,
+    /// Every patient's compartment.
+    All,
+    /// The compartments of these patients (sorted, deduplicated ids).
+    Members(Vec<String>),
+}
+
+impl PatientScope {
+    /// True if `id` is one of the covered patients.
+    pub fn contains(&self, id: &str) -> bool {
+        match self {
+            PatientScope::None | PatientScope::All => true,
+            PatientScope::Members(ids) => ids.binary_search_by(|m| m.as_str().cmp(id)).is_ok(),
+        }
+    }
+
+    /// True for a compartment-restricted export.
+    pub fn is_compartment(&self) -> bool {
+        !matches!(self, PatientScope::None)
+    }
+}
+
+/// Whether a resource belongs to the covered compartments, and if so the
+/// smallest covered patient it links to, with the first parameter linking it.
+pub fn compartment_owner(
+    resource: &serde_json::Value,
+    scope: &PatientScope,
+) -> Option<(String, usize)> {
+    crate::compartment::patient_links(resource)
+        .into_iter()
+        .filter(|(_, id)| scope.contains(id))
+        .min_by(|a, b| (&a.1, a.0).cmp(&(&b.1, b.0)))
+        .map(|(param, id)| (id, param))
+}
 use async_trait::async_trait;
 use time::OffsetDateTime;
 
@@ -33,6 +75,11 @@ pub struct PageRequest<'a> {
     pub type_filters: &'a [TypeFilter],
     /// Resources per page.
     pub page_size: usize,
+    /// Patient-compartment restriction (Patient- and Group-level exports).
+    pub scope: &'a PatientScope,
+    /// Member patients whose compartments this chain covers (FHIR-server
+    /// source, which queries the upstream in batches of patients).
+    pub batch: Option<&'a [String]>,
 }
 
 /// One page of resources, already framed as NDJSON (one compact resource per
@@ -56,8 +103,17 @@ pub trait Source: Send + Sync {
     async fn fetch_page(&self, req: &PageRequest<'_>) -> Result<Page, SourceError>;
     /// Expected number of resources for a type, if cheaply known.
     async fn estimate(&self, req: &PageRequest<'_>) -> Result<Option<u64>, SourceError>;
-    /// True if the Group exists.
-    async fn group_exists(&self, id: &str) -> Result<bool, SourceError>;
+    /// Reads one resource (compact JSON), `None` if it does not exist.
+    async fn read_resource(
+        &self,
+        resource_type: &str,
+        id: &str,
+    ) -> Result<Option<Vec<u8>>, SourceError>;
+    /// Ids of every Patient (for Patient-level exports from sources that
+    /// query in batches of patients).
+    async fn patient_ids(&self) -> Result<Vec<String>, SourceError>;
     /// True if `_typeFilter` queries can be evaluated by this source.
     fn supports_type_filter(&self) -> bool;
+    /// True if compartment exports run one chain per batch of patients.
+    fn queries_by_patient_batch(&self) -> bool;
 }

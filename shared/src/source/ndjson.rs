@@ -1,7 +1,7 @@
 //! [`Source`] over a directory of `<Type>*.ndjson` files. The cursor is
 //! `<file index>:<byte offset>`, so a page can be re-read exactly.
 
-use super::{Page, PageRequest, Source, SourceError};
+use super::{Page, PageRequest, PatientScope, Source, SourceError, compartment_owner};
 use crate::instant::parse_instant;
 use crate::ndjson_page::{minify_into, read_head};
 use crate::resource_types::is_resource_type;
@@ -118,6 +118,15 @@ impl NdjsonSource {
                         continue;
                     }
                 }
+                if req.scope.is_compartment() {
+                    // Compartment membership needs the reference elements; only
+                    // Patient- and Group-level exports pay for this parse.
+                    let value: serde_json::Value = serde_json::from_slice(&line)
+                        .map_err(|_| SourceError::Permanent("resource is not valid JSON".into()))?;
+                    if compartment_owner(&value, req.scope).is_none() {
+                        continue;
+                    }
+                }
                 if line.contains(&b'\r') {
                     // A bare CR inside a line would break NDJSON framing downstream.
                     minify_into(&mut page.ndjson, &line);
@@ -199,13 +208,18 @@ impl Source for NdjsonSource {
         Ok(Some(n))
     }
 
-    async fn group_exists(&self, id: &str) -> Result<bool, SourceError> {
+    async fn read_resource(
+        &self,
+        resource_type: &str,
+        id: &str,
+    ) -> Result<Option<Vec<u8>>, SourceError> {
         let mut req = OwnedRequest {
-            resource_type: "Group".into(),
+            resource_type: resource_type.into(),
             cursor: None,
             since: None,
             until: time::OffsetDateTime::now_utc() + time::Duration::days(36500),
             page_size: 10_000,
+            scope: PatientScope::None,
         };
         loop {
             let page = {
@@ -217,14 +231,46 @@ impl Source for NdjsonSource {
             };
             for line in page.ndjson.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
                 if read_head(line).ok().and_then(|h| h.id) == Some(id) {
-                    return Ok(true);
+                    return Ok(Some(line.to_vec()));
                 }
             }
             match page.next {
                 Some(next) => req.cursor = Some(next),
-                None => return Ok(false),
+                None => return Ok(None),
             }
         }
+    }
+
+    async fn patient_ids(&self) -> Result<Vec<String>, SourceError> {
+        let mut req = OwnedRequest {
+            resource_type: "Patient".into(),
+            cursor: None,
+            since: None,
+            until: time::OffsetDateTime::now_utc() + time::Duration::days(36500),
+            page_size: 10_000,
+            scope: PatientScope::None,
+        };
+        let mut ids = Vec::new();
+        loop {
+            let this = self.clone();
+            let r = req.clone();
+            let page = tokio::task::spawn_blocking(move || this.read_page(&r.as_request()))
+                .await
+                .map_err(|e| SourceError::Permanent(e.to_string()))??;
+            for line in page.ndjson.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+                if let Some(id) = read_head(line).ok().and_then(|h| h.id) {
+                    ids.push(id.to_string());
+                }
+            }
+            match page.next {
+                Some(next) => req.cursor = Some(next),
+                None => return Ok(ids),
+            }
+        }
+    }
+
+    fn queries_by_patient_batch(&self) -> bool {
+        false
     }
 
     fn supports_type_filter(&self) -> bool {
@@ -240,6 +286,7 @@ struct OwnedRequest {
     since: Option<time::OffsetDateTime>,
     until: time::OffsetDateTime,
     page_size: usize,
+    scope: PatientScope,
 }
 
 impl OwnedRequest {
@@ -250,6 +297,7 @@ impl OwnedRequest {
             since: r.since,
             until: r.until,
             page_size: r.page_size,
+            scope: r.scope.clone(),
         }
     }
 
@@ -261,6 +309,8 @@ impl OwnedRequest {
             until: self.until,
             type_filters: &[],
             page_size: self.page_size,
+            scope: &self.scope,
+            batch: None,
         }
     }
 }
