@@ -1,5 +1,6 @@
-//! `bulk-export`: serve, generate, demo and export commands.
+//! `bulk-export`: serve, generate, demo, export and fixture-server commands.
 
+use bulk_export::auth::{AuthConfig, jwt_authenticator};
 use bulk_export::aws_clients::Endpoints;
 use bulk_export::client::{ExportArgs, run_export, summary_table};
 use bulk_export::generate::generate;
@@ -26,7 +27,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve the $export API with embedded (or given) DynamoDB and S3.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Write a deterministic synthetic dataset as NDJSON.
     Generate {
         /// Number of patients.
@@ -71,6 +72,18 @@ enum Command {
         #[arg(long, env = "BULK_EXPORT_TOKEN")]
         token: Option<String>,
     },
+    /// Serve a directory of NDJSON files as a FHIR search API (test fixture).
+    FixtureServer {
+        /// Directory of `<Type>.ndjson` files (as written by `generate`).
+        #[arg(long)]
+        data: PathBuf,
+        /// Loopback address to listen on; port 0 picks a free one.
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: SocketAddr,
+        /// Latency added to every search page, in milliseconds.
+        #[arg(long, default_value_t = 0)]
+        latency_ms: u64,
+    },
 }
 
 #[derive(Args, Clone)]
@@ -114,6 +127,18 @@ struct ServeArgs {
     /// Stall timeout of the watchdog, seconds.
     #[arg(long, default_value_t = 600, env = "BULK_EXPORT_STALL_SECS")]
     stall_secs: u64,
+    /// Require HS256 bearer tokens signed with this secret.
+    #[arg(long, env = "BULK_EXPORT_AUTH_HS256_SECRET", hide_env_values = true)]
+    auth_hs256_secret: Option<String>,
+    /// Require RS/ES bearer tokens signed by a key in this JWKS file.
+    #[arg(long, env = "BULK_EXPORT_AUTH_JWKS")]
+    auth_jwks: Option<PathBuf>,
+    /// Required token issuer (`iss`).
+    #[arg(long, env = "BULK_EXPORT_AUTH_ISSUER")]
+    auth_issuer: Option<String>,
+    /// Required token audience (`aud`).
+    #[arg(long, env = "BULK_EXPORT_AUTH_AUDIENCE")]
+    auth_audience: Option<String>,
 }
 
 fn init_tracing() {
@@ -129,11 +154,21 @@ async fn start_stack(
     args: &ServeArgs,
     default_patients: u64,
 ) -> Result<bulk_export::stack::Stack, String> {
-    if !args.listen.ip().is_loopback() {
+    let auth_config = AuthConfig::from_files(
+        args.auth_hs256_secret.clone(),
+        args.auth_jwks.as_deref(),
+        args.auth_issuer.clone(),
+        args.auth_audience.clone(),
+    )?;
+    let auth = if auth_config.is_enabled() {
+        jwt_authenticator(auth_config)
+    } else if args.listen.ip().is_loopback() {
+        no_auth()
+    } else {
         return Err(
             "without authentication configured, serve only binds loopback addresses".into(),
         );
-    }
+    };
     let source = match &args.source {
         Some(s) => SourceSpec::parse(s)?,
         None => {
@@ -171,7 +206,7 @@ async fn start_stack(
         config,
         workers: args.workers,
         stall_timeout: Duration::from_secs(args.stall_secs),
-        auth: no_auth(),
+        auth,
     };
     start(opts).await.map_err(|e| e.to_string())
 }
@@ -183,7 +218,9 @@ async fn main() -> ExitCode {
     let result: Result<(), String> = match cli.command {
         Command::Serve(args) => match start_stack(&args, 100).await {
             Ok(stack) => {
-                eprintln!("no authentication configured: serving loopback only");
+                if args.auth_hs256_secret.is_none() && args.auth_jwks.is_none() {
+                    eprintln!("no authentication configured: serving loopback only");
+                }
                 println!("listening on {}", stack.base_url);
                 let _ = tokio::signal::ctrl_c().await;
                 Ok(())
@@ -240,6 +277,10 @@ async fn main() -> ExitCode {
                 max_file_size: None,
                 page_size: None,
                 stall_secs: 600,
+                auth_hs256_secret: None,
+                auth_jwks: None,
+                auth_issuer: None,
+                auth_audience: None,
             };
             match start_stack(&args, patients).await {
                 Err(e) => Err(e),
@@ -284,6 +325,28 @@ async fn main() -> ExitCode {
                 .await
                 .map_err(|e| e.to_string())
                 .map(|s| println!("{}", summary_table(&s)))
+        }
+        Command::FixtureServer {
+            data,
+            listen,
+            latency_ms,
+        } => {
+            if !listen.ip().is_loopback() {
+                Err("the fixture server binds loopback addresses only".into())
+            } else {
+                let opts = bulk_export::fixture_server::FixtureOptions {
+                    latency: Duration::from_millis(latency_ms),
+                    ..Default::default()
+                };
+                match bulk_export::fixture_server::start_fixture_on(listen, &data, opts).await {
+                    Ok(fixture) => {
+                        println!("listening on {}", fixture.base_url());
+                        let _ = tokio::signal::ctrl_c().await;
+                        Ok(())
+                    }
+                    Err(e) => Err(e),
+                }
+            }
         }
     };
     match result {

@@ -258,10 +258,14 @@ pub fn is_container_name(value: &str) -> bool {
 
 /// True if `value` is a valid FHIR logical id.
 pub fn is_fhir_id(value: &str) -> bool {
+    // `..` matches the FHIR id pattern but is a path segment to any HTTP
+    // server: ids made only of dots or containing `..` are refused.
     (1..=64).contains(&value.len())
         && value
             .bytes()
             .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'.')
+        && !value.contains("..")
+        && value != "."
 }
 
 const FORBIDDEN_FILTER_PARAMS: &[&str] = &[

@@ -261,3 +261,17 @@ pub async fn watchdog_handler(
         .unwrap_or(600);
     sweep(svc, Duration::from_secs(stall)).await
 }
+
+/// Runs an API function (kick-off, status or cancel): services are built once
+/// at cold start and every event goes to [`api_event_handler`].
+pub async fn run_api_function() -> Result<(), lambda_runtime::Error> {
+    init_logging();
+    let services = services_from_env().await?;
+    let services = &services;
+    lambda_runtime::run(lambda_runtime::service_fn(
+        move |event: lambda_runtime::LambdaEvent<serde_json::Value>| async move {
+            Ok::<_, lambda_runtime::Error>(api_event_handler(services, event.payload).await)
+        },
+    ))
+    .await
+}

@@ -17,15 +17,26 @@ type Multiset = BTreeMap<(String, String), u32>;
 /// Resources linked to several patients, appended to a generated dataset.
 fn add_multi_patient_resources(src: &Path) {
     let lu = "2024-06-01T00:00:00.000Z";
-    let mut obs = std::fs::OpenOptions::new().append(true).open(src.join("Observation.ndjson")).unwrap();
-    for (id, subject, performer) in [("multi-1", "pt-3", "pt-6"), ("multi-2", "pt-4", "pt-9"), ("multi-3", "pt-12", "pt-3")] {
+    let mut obs = std::fs::OpenOptions::new()
+        .append(true)
+        .open(src.join("Observation.ndjson"))
+        .unwrap();
+    for (id, subject, performer) in [
+        ("multi-1", "pt-3", "pt-6"),
+        ("multi-2", "pt-4", "pt-9"),
+        ("multi-3", "pt-12", "pt-3"),
+    ] {
         let v = json!({"resourceType": "Observation", "id": id, "meta": {"lastUpdated": lu}, "status": "final",
             "code": {"text": "shared"}, "subject": {"reference": format!("Patient/{subject}")},
             "performer": [{"reference": "Practitioner/pr-0"}, {"reference": format!("Patient/{performer}")}]});
         writeln!(obs, "{v}").unwrap();
     }
     let mut cov = std::fs::File::create(src.join("Coverage.ndjson")).unwrap();
-    for (id, beneficiary, subscriber) in [("cov-1", "pt-0", "pt-3"), ("cov-2", "pt-13", "pt-6"), ("cov-3", "pt-14", "pt-14")] {
+    for (id, beneficiary, subscriber) in [
+        ("cov-1", "pt-0", "pt-3"),
+        ("cov-2", "pt-13", "pt-6"),
+        ("cov-3", "pt-14", "pt-14"),
+    ] {
         let v = json!({"resourceType": "Coverage", "id": id, "meta": {"lastUpdated": lu}, "status": "active",
             "beneficiary": {"reference": format!("Patient/{beneficiary}")}, "subscriber": {"reference": format!("Patient/{subscriber}")},
             "payor": [{"reference": "Organization/org-0"}]});
@@ -61,7 +72,10 @@ fn referenced_patients(v: &Value, out: &mut BTreeSet<String>) {
 
 /// Group members computed from the raw Group file: inactive excluded, nested Groups expanded.
 fn members_of(all: &[Value], group: &str) -> BTreeSet<String> {
-    let g = all.iter().find(|v| v["resourceType"] == "Group" && v["id"] == group).unwrap();
+    let g = all
+        .iter()
+        .find(|v| v["resourceType"] == "Group" && v["id"] == group)
+        .unwrap();
     let mut out = BTreeSet::new();
     for m in g["member"].as_array().unwrap() {
         if m["inactive"] == true {
@@ -79,7 +93,11 @@ fn members_of(all: &[Value], group: &str) -> BTreeSet<String> {
 
 const NON_COMPARTMENT: &[&str] = &["Group", "Practitioner", "Organization"];
 
-fn expected(all: &[Value], members: Option<&BTreeSet<String>>, keep: impl Fn(&Value) -> bool) -> Multiset {
+fn expected(
+    all: &[Value],
+    members: Option<&BTreeSet<String>>,
+    keep: impl Fn(&Value) -> bool,
+) -> Multiset {
     let mut m = Multiset::new();
     for v in all {
         let ty = v["resourceType"].as_str().unwrap();
@@ -93,58 +111,120 @@ fn expected(all: &[Value], members: Option<&BTreeSet<String>>, keep: impl Fn(&Va
             referenced_patients(v, &mut refs);
         }
         if refs.iter().any(|p| members.is_none_or(|ms| ms.contains(p))) {
-            *m.entry((ty.to_string(), v["id"].as_str().unwrap().to_string())).or_insert(0) += 1;
+            *m.entry((ty.to_string(), v["id"].as_str().unwrap().to_string()))
+                .or_insert(0) += 1;
         }
     }
     m
 }
 
 async fn export_at(base: &str, path: &str, query: &str, body: Option<Value>) -> Multiset {
-    let url = if query.is_empty() { format!("{base}{path}") } else { format!("{base}{path}?{query}") };
+    let url = if query.is_empty() {
+        format!("{base}{path}")
+    } else {
+        format!("{base}{path}?{query}")
+    };
     let rb = match &body {
-        Some(b) => http().post(url).header("Content-Type", "application/fhir+json").body(b.to_string()),
+        Some(b) => http()
+            .post(url)
+            .header("Content-Type", "application/fhir+json")
+            .body(b.to_string()),
         None => http().get(url),
     };
     let resp = rb.header("Prefer", "respond-async").send().await.unwrap();
     let status = resp.status();
-    assert_eq!(status, 202, "{path}?{query}: {}", resp.text().await.unwrap());
+    assert_eq!(
+        status,
+        202,
+        "{path}?{query}: {}",
+        resp.text().await.unwrap()
+    );
     let manifest = wait_complete(resp.headers()["content-location"].to_str().unwrap()).await;
     assert_eq!(manifest["error"].as_array().unwrap().len(), 0, "{manifest}");
     let files = download_outputs(&manifest).await;
     let got = multiset(files.iter().map(|(_, _, b)| b.as_slice()));
-    assert!(got.values().all(|n| *n == 1), "{path}?{query}: duplicates {:?}", got.iter().filter(|(_, n)| **n > 1).collect::<Vec<_>>());
+    assert!(
+        got.values().all(|n| *n == 1),
+        "{path}?{query}: duplicates {:?}",
+        got.iter().filter(|(_, n)| **n > 1).collect::<Vec<_>>()
+    );
     got
 }
 
 fn since_filter(since: &str) -> impl Fn(&Value) -> bool {
     let cutoff = bulk_export_core::instant::parse_instant(since).unwrap();
-    move |v| bulk_export_core::instant::parse_instant(v["meta"]["lastUpdated"].as_str().unwrap()).unwrap() > cutoff
+    move |v| {
+        bulk_export_core::instant::parse_instant(v["meta"]["lastUpdated"].as_str().unwrap())
+            .unwrap()
+            > cutoff
+    }
 }
 
 async fn run_matrix(base: &str, all: &[Value], with_filters: bool) {
     let group = members_of(all, "every-third");
-    assert!(group.contains("pt-1"), "pt-1 is inactive in every-third but a member through the nested Group");
+    assert!(
+        group.contains("pt-1"),
+        "pt-1 is inactive in every-third but a member through the nested Group"
+    );
     // Patient level, everything.
     let got = export_at(base, "/Patient/$export", "", None).await;
     assert_eq!(got, expected(all, None, |_| true), "Patient level");
     // Group level, with and without _type, with _since.
     let got = export_at(base, "/Group/every-third/$export", "", None).await;
     assert_eq!(got, expected(all, Some(&group), |_| true), "Group level");
-    assert!(got.contains_key(&("Observation".into(), "multi-1".into())) && got.contains_key(&("Coverage".into(), "cov-2".into())));
-    assert!(!got.contains_key(&("Coverage".into(), "cov-3".into())), "pt-14 is not a member");
-    let got = export_at(base, "/Group/every-third/$export", "_type=Observation,Coverage,Patient", None).await;
+    assert!(
+        got.contains_key(&("Observation".into(), "multi-1".into()))
+            && got.contains_key(&("Coverage".into(), "cov-2".into()))
+    );
+    assert!(
+        !got.contains_key(&("Coverage".into(), "cov-3".into())),
+        "pt-14 is not a member"
+    );
+    let got = export_at(
+        base,
+        "/Group/every-third/$export",
+        "_type=Observation,Coverage,Patient",
+        None,
+    )
+    .await;
     let types = ["Observation", "Coverage", "Patient"];
-    assert_eq!(got, expected(all, Some(&group), |v| types.contains(&v["resourceType"].as_str().unwrap())), "Group + _type");
+    assert_eq!(
+        got,
+        expected(all, Some(&group), |v| types
+            .contains(&v["resourceType"].as_str().unwrap())),
+        "Group + _type"
+    );
     let since = "2023-01-01T00:00:00Z";
-    let got = export_at(base, "/Group/every-third/$export", &format!("_since={since}"), None).await;
-    assert_eq!(got, expected(all, Some(&group), since_filter(since)), "Group + _since");
+    let got = export_at(
+        base,
+        "/Group/every-third/$export",
+        &format!("_since={since}"),
+        None,
+    )
+    .await;
+    assert_eq!(
+        got,
+        expected(all, Some(&group), since_filter(since)),
+        "Group + _since"
+    );
     let until = "2022-01-01T00:00:00Z";
-    let got = export_at(base, "/Patient/$export", &format!("_type=Condition,Encounter&_until={until}"), None).await;
+    let got = export_at(
+        base,
+        "/Patient/$export",
+        &format!("_type=Condition,Encounter&_until={until}"),
+        None,
+    )
+    .await;
     let before = bulk_export_core::instant::parse_instant(until).unwrap();
     assert_eq!(
         got,
-        expected(all, None, |v| matches!(v["resourceType"].as_str(), Some("Condition" | "Encounter"))
-            && bulk_export_core::instant::parse_instant(v["meta"]["lastUpdated"].as_str().unwrap()).unwrap() <= before),
+        expected(all, None, |v| matches!(
+            v["resourceType"].as_str(),
+            Some("Condition" | "Encounter")
+        ) && bulk_export_core::instant::parse_instant(
+            v["meta"]["lastUpdated"].as_str().unwrap()
+        )
+        .unwrap() <= before),
         "Patient + _until"
     );
     // The patient parameter restricts a Group export.
@@ -159,7 +239,8 @@ async fn run_matrix(base: &str, all: &[Value], with_filters: bool) {
         let got = export_at(base, "/Group/every-third/$export", q, None).await;
         let exp = expected(all, Some(&group), |v| {
             v["resourceType"] == "Observation"
-                && (v["category"][0]["coding"][0]["code"] == "laboratory" || v["code"]["coding"][0]["code"] == "8867-4")
+                && (v["category"][0]["coding"][0]["code"] == "laboratory"
+                    || v["code"]["coding"][0]["code"] == "8867-4")
         });
         assert_eq!(got, exp, "Group + two _typeFilters");
     }
@@ -169,7 +250,12 @@ async fn run_matrix(base: &str, all: &[Value], with_filters: bool) {
         ("/Group/no-such-group/$export", "", 404),
     ];
     for (path, q, status) in bad {
-        let resp = http().get(format!("{base}{path}?{q}")).header("Prefer", "respond-async").send().await.unwrap();
+        let resp = http()
+            .get(format!("{base}{path}?{q}"))
+            .header("Prefer", "respond-async")
+            .send()
+            .await
+            .unwrap();
         assert_eq!(resp.status(), status, "{path}?{q}");
     }
     let body = json!({"resourceType": "Parameters", "parameter": [{"name": "patient", "valueReference": {"reference": "Patient/pt-59"}}]});
@@ -191,7 +277,13 @@ async fn compartment_exports_from_ndjson_are_exact() {
     generate(&src, 60, 8).unwrap();
     add_multi_patient_resources(&src);
     let all = lines(&src);
-    let stack = running_stack(&dir.0.join("data"), SourceSpec::Ndjson(src), small_config(), 2).await;
+    let stack = running_stack(
+        &dir.0.join("data"),
+        SourceSpec::Ndjson(src),
+        small_config(),
+        2,
+    )
+    .await;
     run_matrix(&stack.base_url, &all, false).await;
 }
 
@@ -206,7 +298,16 @@ async fn compartment_exports_from_a_fhir_server_are_exact() {
     let mut config = small_config();
     // Small batches: multi-patient resources come back from several batches.
     config.patient_batch_size = 4;
-    let stack = running_stack(&dir.0.join("data"), SourceSpec::Fhir { base: fixture.base.clone(), token: None }, config, 2).await;
+    let stack = running_stack(
+        &dir.0.join("data"),
+        SourceSpec::Fhir {
+            base: fixture.base.clone(),
+            token: None,
+        },
+        config,
+        2,
+    )
+    .await;
     run_matrix(&stack.base_url, &all, true).await;
 }
 
@@ -219,18 +320,52 @@ async fn a_group_of_1000_searches_by_batch_not_by_patient() {
     let fixture = FhirFixture::start(&src).await;
     let config = small_config();
     let batch = config.patient_batch_size;
-    let stack = running_stack(&dir.0.join("data"), SourceSpec::Fhir { base: fixture.base.clone(), token: None }, config, 2).await;
-    http().post(format!("{}/__stats/reset", fixture.base.trim_end_matches("/fhir"))).send().await.unwrap();
-    let got = export_at(&stack.base_url, "/Group/all-patients/$export", "_type=Patient,Condition", None).await;
+    let stack = running_stack(
+        &dir.0.join("data"),
+        SourceSpec::Fhir {
+            base: fixture.base.clone(),
+            token: None,
+        },
+        config,
+        2,
+    )
+    .await;
+    http()
+        .post(format!(
+            "{}/__stats/reset",
+            fixture.base.trim_end_matches("/fhir")
+        ))
+        .send()
+        .await
+        .unwrap();
+    let got = export_at(
+        &stack.base_url,
+        "/Group/all-patients/$export",
+        "_type=Patient,Condition",
+        None,
+    )
+    .await;
     let members = members_of(&all, "all-patients");
     assert_eq!(members.len(), 1000);
     let types = ["Patient", "Condition"];
-    assert_eq!(got, expected(&all, Some(&members), |v| types.contains(&v["resourceType"].as_str().unwrap())));
+    assert_eq!(
+        got,
+        expected(&all, Some(&members), |v| types
+            .contains(&v["resourceType"].as_str().unwrap()))
+    );
     let stats = fixture.stats().await;
-    let initial: u64 = stats["initialSearches"].as_object().unwrap().values().map(|v| v.as_u64().unwrap()).sum();
+    let initial: u64 = stats["initialSearches"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_u64().unwrap())
+        .sum();
     let batches = 1000_u64.div_ceil(batch as u64);
     // Patient: one `_id=` query per batch; Condition: one per batch and compartment parameter (2).
     println!("1000 members, batch {batch}: {initial} searches started upstream ({stats})");
-    assert!(initial <= batches * 3, "{initial} searches for {batches} batches");
+    assert!(
+        initial <= batches * 3,
+        "{initial} searches for {batches} batches"
+    );
     assert!(initial < 1000, "not one search per patient");
 }

@@ -142,11 +142,7 @@ async fn status_and_cancel_through_the_lifecycle() {
         404
     );
     // The cancelled chain stops at its next step and leaves nothing behind.
-    while let Some(ev) = stack.queue.try_next().await {
-        bulk_export_core::chain::run_step(&svc, &ev, None)
-            .await
-            .unwrap();
-    }
+    drain(&stack, &svc).await;
 
     // Partly done → progress rises → complete → cancel deletes the files.
     let status_url = kickoff(&stack.base_url, "_type=Observation,Patient").await;
@@ -159,11 +155,7 @@ async fn status_and_cancel_through_the_lifecycle() {
     let progress = resp.headers()["x-progress"].to_str().unwrap().to_string();
     let pct: u32 = progress.split('%').next().unwrap().parse().unwrap();
     assert!(pct > 0 && pct < 100, "progress {progress}");
-    while let Some(ev) = stack.queue.try_next().await {
-        bulk_export_core::chain::run_step(&svc, &ev, None)
-            .await
-            .unwrap();
-    }
+    drain(&stack, &svc).await;
     let manifest = wait_complete(&status_url).await;
     let files = download_outputs(&manifest).await;
     assert!(!files.is_empty());

@@ -19,25 +19,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-/// Runs queued steps until none are left; a failed step is delivered again,
-/// as Lambda retries a failed async invocation.
-async fn drain(stack: &bulk_export::stack::Stack, svc: &ExportServices) -> (u64, u64) {
-    let (mut steps, mut retries) = (0, 0);
-    while let Some(ev) = stack.queue.try_next().await {
-        steps += 1;
-        let mut attempts = 0;
-        while let Err(e) = run_step(svc, &ev, None).await {
-            attempts += 1;
-            retries += 1;
-            if attempts > 45 {
-                eprintln!("attempt {attempts} of {ev:?}: {e}");
-            }
-            assert!(attempts < 50, "step never succeeded: {e}");
-        }
-    }
-    (steps, retries)
-}
-
 async fn verify_complete(status_url: &str, src: &std::path::Path, types: &[&str]) {
     let manifest = wait_complete(status_url).await;
     let files = download_outputs(&manifest).await;

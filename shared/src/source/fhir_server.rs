@@ -35,6 +35,8 @@ pub struct RetryPolicy {
     pub base_delay: Duration,
     /// Longest single wait (also caps `Retry-After`).
     pub max_delay: Duration,
+    /// Timeout of one request, body included.
+    pub request_timeout: Duration,
 }
 
 impl Default for RetryPolicy {
@@ -43,6 +45,7 @@ impl Default for RetryPolicy {
             max_attempts: 6,
             base_delay: Duration::from_millis(200),
             max_delay: Duration::from_secs(30),
+            request_timeout: Duration::from_secs(120),
         }
     }
 }
@@ -72,7 +75,7 @@ impl FhirServerSource {
     ) -> Result<Self, SourceError> {
         let client = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
-            .timeout(Duration::from_secs(120))
+            .timeout(retry.request_timeout)
             .build()
             .map_err(|e| SourceError::Permanent(format!("HTTP client: {e}")))?;
         Ok(Self {

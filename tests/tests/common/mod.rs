@@ -324,3 +324,20 @@ impl Drop for FhirFixture {
         let _ = self.child.start_kill();
     }
 }
+
+/// Runs queued chain steps until none are left, playing the chunk-worker; a
+/// failed step is delivered again, as Lambda retries a failed async
+/// invocation. Returns (steps, retries).
+pub async fn drain(stack: &Stack, svc: &bulk_export_core::services::ExportServices) -> (u64, u64) {
+    let (mut steps, mut retries) = (0, 0);
+    while let Some(ev) = stack.queue.try_next().await {
+        steps += 1;
+        let mut attempts = 0;
+        while let Err(e) = bulk_export_core::chain::run_step(svc, &ev, None).await {
+            attempts += 1;
+            retries += 1;
+            assert!(attempts < 50, "step {ev:?} never succeeded: {e}");
+        }
+    }
+    (steps, retries)
+}

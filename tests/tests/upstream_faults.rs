@@ -1,0 +1,168 @@
+//! Upstream faults from the fault-injecting fixture FHIR server: transient
+//! ones are retried with backoff and never show in the output; permanent ones
+//! end that type with an OperationOutcome in `error`. No fault ever produces a
+//! malformed output line.
+
+mod common;
+
+use bulk_export::fixture_server::{Fault, FaultRule, FixtureOptions, start_fixture};
+use bulk_export::generate::generate;
+use bulk_export::stack::SourceSpec;
+use bulk_export_core::services::ExportServices;
+use bulk_export_core::source::fhir_server::{FhirServerSource, RetryPolicy};
+use common::*;
+use serde_json::Value;
+use std::sync::Arc;
+use std::time::Duration;
+
+fn fast_retries() -> RetryPolicy {
+    RetryPolicy {
+        max_attempts: 6,
+        base_delay: Duration::from_millis(5),
+        max_delay: Duration::from_millis(1500),
+        request_timeout: Duration::from_millis(700),
+    }
+}
+
+async fn run(
+    src: &std::path::Path,
+    faults: Vec<FaultRule>,
+    query: &str,
+) -> (
+    Value,
+    Vec<(String, String, Vec<u8>)>,
+    bulk_export::fixture_server::FixtureStats,
+    Vec<String>,
+) {
+    let opts = FixtureOptions {
+        faults,
+        default_count: 100,
+        ..FixtureOptions::default()
+    };
+    let fixture = start_fixture(src, opts).await.unwrap();
+    let dir = TempDir::new("upstream");
+    let mut config = small_config();
+    config.page_size = 150;
+    let spec = SourceSpec::Fhir {
+        base: fixture.base_url().to_string(),
+        token: None,
+    };
+    let stack = running_stack(&dir.0, spec, config, 0).await;
+    let source = FhirServerSource::new(fixture.base_url(), None, fast_retries()).unwrap();
+    let svc = ExportServices {
+        source: Arc::new(source),
+        ..stack.services.clone()
+    };
+    let status_url = kickoff(&stack.base_url, query).await;
+    drain(&stack, &svc).await;
+    let manifest = wait_complete(&status_url).await;
+    let files = download_outputs(&manifest).await;
+    for (ty, _, body) in &files {
+        for line in body.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+            let v: Value =
+                serde_json::from_slice(line).expect("every output line is one JSON resource");
+            assert_eq!(&v["resourceType"], ty.as_str());
+        }
+    }
+    // Error files are read here: the stack's data directory goes with `dir`.
+    let mut errors = Vec::new();
+    for item in manifest["error"].as_array().unwrap() {
+        errors.push(
+            http()
+                .get(item["url"].as_str().unwrap())
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap(),
+        );
+    }
+    (manifest, files, fixture.stats(), errors)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transient_upstream_faults_are_retried_invisibly() {
+    let dir = TempDir::new("faulty-src");
+    let src = dir.0.join("src");
+    generate(&src, 40, 5).unwrap();
+    let expected = source_multiset(&src, true);
+    let transient = [
+        Fault::Status(429, Some(1)),
+        Fault::Status(429, None),
+        Fault::Status(500, None),
+        Fault::Status(502, None),
+        Fault::Status(503, Some(0)),
+        Fault::Status(504, None),
+        Fault::HtmlErrorPage,
+        Fault::TruncatedBody,
+        Fault::ConnectionReset,
+        Fault::Delay(Duration::from_secs(2)),
+        Fault::EmptyPageWithNext,
+    ];
+    for fault in transient {
+        let kind = fault.kind();
+        let rules = vec![
+            FaultRule::nth(2, fault.clone()),
+            FaultRule::probability(0.15, fault),
+        ];
+        let (manifest, files, stats, _) = run(&src, rules, "").await;
+        assert_eq!(
+            manifest["error"].as_array().unwrap().len(),
+            0,
+            "{kind}: {manifest}"
+        );
+        let got = multiset(files.iter().map(|(_, _, b)| b.as_slice()));
+        assert_eq!(got, expected, "{kind}: output equals the source");
+        let injected = stats.faults.get(&kind).copied().unwrap_or(0);
+        assert!(injected >= 1, "{kind} was injected");
+        println!(
+            "{kind}: injected {injected} times over {} requests; output exact",
+            stats.requests
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn permanent_upstream_faults_become_partial_success() {
+    let dir = TempDir::new("broken-src");
+    let src = dir.0.join("src");
+    generate(&src, 40, 5).unwrap();
+    let cases = [
+        (
+            FaultRule::from(2, Fault::NextLinkLoop).for_type("Observation"),
+            "same page",
+        ),
+        (
+            FaultRule::from(1, Fault::Status(503, None)).for_type("Observation"),
+            "503",
+        ),
+        (
+            FaultRule::from(1, Fault::HtmlErrorPage).for_type("Observation"),
+            "not a FHIR",
+        ),
+    ];
+    for (rule, needle) in cases {
+        let kind = rule.fault.kind();
+        let (manifest, files, stats, errors) =
+            run(&src, vec![rule], "_type=Patient,Observation").await;
+        let types: Vec<_> = files.iter().map(|(t, _, _)| t.as_str()).collect();
+        assert!(
+            types.contains(&"Patient"),
+            "{kind}: the healthy type completes"
+        );
+        let err = manifest["error"].as_array().unwrap();
+        assert_eq!(err.len(), 1, "{kind}: {manifest}");
+        let body = &errors[0];
+        let oo: Value = serde_json::from_str(body.lines().next().unwrap()).unwrap();
+        let diag = oo["issue"][0]["diagnostics"].as_str().unwrap();
+        assert!(
+            diag.contains("Observation") && diag.contains(needle),
+            "{kind}: {diag}"
+        );
+        println!(
+            "{kind}: {} faults injected; error file says: {diag}",
+            stats.faults.values().sum::<u64>()
+        );
+    }
+}
