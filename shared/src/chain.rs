@@ -25,6 +25,16 @@ const DEADLINE_RESERVE: Duration = Duration::from_secs(20);
 /// Most source pages one step reads (bounds work on long runs of empty pages).
 const MAX_PAGES_PER_STEP: usize = 10_000;
 
+/// Page cursors remembered per chain to detect `next` links that loop.
+const MAX_VISITED: usize = 2000;
+
+/// FNV-1a: a hash that is stable across builds (cursors are stored).
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
 /// What a step did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StepOutcome {
@@ -220,6 +230,7 @@ async fn run_step_once(
     let mut cursor = chain.cursor.clone();
     let mut skip = chain.skip;
     let mut exhausted = false;
+    let mut visited: Vec<u64> = Vec::new();
     let room = if roll { cfg.max_file_size } else { room_before };
     for _ in 0..MAX_PAGES_PER_STEP {
         let page = match svc
@@ -248,7 +259,19 @@ async fn run_step_once(
             count += lines;
             skip = 0;
             match page.next {
-                Some(next) => cursor = Some(next),
+                Some(next) => {
+                    // A `next` link that returns to any earlier page would loop forever.
+                    let h = fnv1a(next.as_bytes());
+                    if chain.visited.contains(&h) {
+                        let e = SourceError::Permanent(
+                            "upstream next link loops back to an earlier page".into(),
+                        );
+                        drop(_enter);
+                        return fail_chain(svc, &job, chain, &e).await;
+                    }
+                    visited.push(h);
+                    cursor = Some(next);
+                }
                 None => {
                     exhausted = true;
                     break;
@@ -337,6 +360,9 @@ async fn run_step_once(
     }
     chain.cursor = cursor;
     chain.skip = skip;
+    chain.visited.extend(visited);
+    let excess = chain.visited.len().saturating_sub(MAX_VISITED);
+    chain.visited.drain(..excess);
     chain.exported += count;
     chain.total = total;
     chain.step += 1;
@@ -392,7 +418,7 @@ async fn open_new_file(
         None => {
             let n = svc
                 .store
-                .next_file_number(&job.id, &chain.resource_type)
+                .next_file_number(&job.id, &chain.resource_type, job.expires_at)
                 .await?;
             chain.reserved_number = Some(n);
             match svc.store.save_chain(chain).await {
@@ -472,6 +498,7 @@ async fn complete_file(
         count: open.count,
         bytes: open.bytes,
         kind: FileKind::Output,
+        expires_at: job.expires_at,
     };
     svc.store.put_file(&job.id, &record).await?;
     Ok(())
@@ -480,8 +507,7 @@ async fn complete_file(
 /// Writes one OperationOutcome line into a new error file of the job.
 pub async fn write_error_file(
     svc: &ExportServices,
-    job_id: &str,
-    folder: &str,
+    job: &Job,
     messages: &[String],
 ) -> Result<(), StepError> {
     if messages.is_empty() {
@@ -495,9 +521,9 @@ pub async fn write_error_file(
     }
     let number = svc
         .store
-        .next_file_number(job_id, "OperationOutcome")
+        .next_file_number(&job.id, "OperationOutcome", job.expires_at)
         .await?;
-    let key = format!("{folder}/{}", file_name("OperationOutcome", number));
+    let key = format!("{}/{}", job.folder, file_name("OperationOutcome", number));
     let bytes = body.len() as u64;
     svc.objects.put_object(&key, Bytes::from(body)).await?;
     let record = FileRecord {
@@ -507,8 +533,9 @@ pub async fn write_error_file(
         count: messages.len() as u64,
         bytes,
         kind: FileKind::Error,
+        expires_at: job.expires_at,
     };
-    svc.store.put_file(job_id, &record).await?;
+    svc.store.put_file(&job.id, &record).await?;
     Ok(())
 }
 
@@ -532,7 +559,7 @@ pub async fn fail_chain(
         "Export of {} stopped after {} resources: {}",
         chain.resource_type, chain.exported, err
     );
-    write_error_file(svc, &job.id, &job.folder, &[message]).await?;
+    write_error_file(svc, job, &[message]).await?;
     chain.state = ChainState::Failed;
     chain.heartbeat = unix_now();
     match svc.store.finish_chain(&mut chain).await {
@@ -623,6 +650,7 @@ pub fn new_chain(job_id: &str, chain_id: &str, resource_type: &str) -> Chain {
         total: None,
         heartbeat: now_millis().unix_timestamp(),
         restarts: 0,
+        visited: Vec::new(),
         version: 0,
     }
 }

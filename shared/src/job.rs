@@ -166,6 +166,9 @@ pub struct Chain {
     pub heartbeat: i64,
     /// Times the watchdog restarted this chain.
     pub restarts: u32,
+    /// Hashes of the page cursors followed (most recent last), to detect loops.
+    #[serde(default)]
+    pub visited: Vec<u64>,
     /// Optimistic-locking version.
     #[serde(skip)]
     pub version: u64,
@@ -196,6 +199,9 @@ pub struct FileRecord {
     pub bytes: u64,
     /// Output or error.
     pub kind: FileKind,
+    /// Unix seconds after which the record may be removed (the job's expiry).
+    #[serde(default)]
+    pub expires_at: i64,
 }
 
 /// The file name of file `number` of `resource_type`.

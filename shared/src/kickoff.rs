@@ -319,11 +319,9 @@ pub async fn start_export(
     };
     if !job.request.ignored.is_empty() {
         let msgs = job.request.ignored.clone();
-        write_error_file(svc, &job.id, &job.folder, &msgs)
-            .await
-            .map_err(|e| {
-                ApiError::Unavailable(format!("could not record ignored parameters: {e}"))
-            })?;
+        write_error_file(svc, &job, &msgs).await.map_err(|e| {
+            ApiError::Unavailable(format!("could not record ignored parameters: {e}"))
+        })?;
     }
     svc.store
         .create_job(&job, &chains)

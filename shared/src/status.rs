@@ -11,6 +11,9 @@ use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 use std::time::SystemTime;
 
+/// Polls allowed within one `Retry-After` window before 429.
+pub const POLL_BURST: u64 = 20;
+
 /// True if `id` looks like one of our job ids (32 lowercase hex digits).
 pub fn is_job_id(id: &str) -> bool {
     id.len() == 32
@@ -90,6 +93,22 @@ pub async fn status(
     }
     match job.status {
         JobStatus::Queued | JobStatus::Running => {
+            // Sustained polling faster than Retry-After gets 429; the job is unaffected.
+            let window = svc.config.retry_after_secs.max(1) as i64;
+            let now = time::OffsetDateTime::now_utc().unix_timestamp();
+            let polls = svc
+                .store
+                .record_poll(&job.id, now, window)
+                .await
+                .map_err(|e| ApiError::Unavailable(format!("job store unavailable: {e}")))?;
+            if polls > POLL_BURST {
+                return Err(ApiError::TooManyRequests {
+                    message: format!(
+                        "polled {polls} times in {window} s; wait Retry-After seconds between polls"
+                    ),
+                    retry_after: svc.config.retry_after_secs,
+                });
+            }
             let (pct, exported, done, total) = progress(svc, &job).await?;
             let text = if job.status == JobStatus::Queued {
                 let position = queue_position(svc, &job)

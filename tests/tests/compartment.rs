@@ -227,6 +227,26 @@ async fn run_matrix(base: &str, all: &[Value], with_filters: bool) {
         .unwrap() <= before),
         "Patient + _until"
     );
+    let got = export_at(
+        base,
+        "/Group/every-third/$export",
+        &format!("_until={until}"),
+        None,
+    )
+    .await;
+    assert_eq!(
+        got,
+        expected(
+            all,
+            Some(&group),
+            |v| bulk_export_core::instant::parse_instant(
+                v["meta"]["lastUpdated"].as_str().unwrap()
+            )
+            .unwrap()
+                <= before
+        ),
+        "Group + _until"
+    );
     // The patient parameter restricts a Group export.
     let body = json!({"resourceType": "Parameters", "parameter": [
         {"name": "patient", "valueReference": {"reference": "Patient/pt-3"}},
@@ -243,6 +263,14 @@ async fn run_matrix(base: &str, all: &[Value], with_filters: bool) {
                     || v["code"]["coding"][0]["code"] == "8867-4")
         });
         assert_eq!(got, exp, "Group + two _typeFilters");
+        let q = "_type=Condition,Patient&_typeFilter=Condition%3Fclinical-status%3Dactive";
+        let got = export_at(base, "/Group/every-third/$export", q, None).await;
+        let exp = expected(all, Some(&group), |v| {
+            v["resourceType"] == "Patient"
+                || (v["resourceType"] == "Condition"
+                    && v["clinicalStatus"]["coding"][0]["code"] == "active")
+        });
+        assert_eq!(got, exp, "Group + one _typeFilter; Patient unfiltered");
     }
     // Refusals.
     let bad = [

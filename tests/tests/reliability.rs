@@ -336,14 +336,17 @@ impl JobStore for ThrottledStore {
     async fn list_files(&self, j: &str) -> Result<Vec<FileRecord>, StoreError> {
         self.inner.list_files(j).await
     }
-    async fn next_file_number(&self, j: &str, t: &str) -> Result<u32, StoreError> {
-        self.inner.next_file_number(j, t).await
+    async fn next_file_number(&self, j: &str, t: &str, e: i64) -> Result<u32, StoreError> {
+        self.inner.next_file_number(j, t, e).await
     }
     async fn record_schedule_success(&self, s: &str, t: &str) -> Result<(), StoreError> {
         self.inner.record_schedule_success(s, t).await
     }
     async fn last_schedule_success(&self, s: &str) -> Result<Option<String>, StoreError> {
         self.inner.last_schedule_success(s).await
+    }
+    async fn record_poll(&self, j: &str, now: i64, w: i64) -> Result<u64, StoreError> {
+        self.inner.record_poll(j, now, w).await
     }
     async fn delete_job(&self, j: &str) -> Result<(), StoreError> {
         self.inner.delete_job(j).await
@@ -402,4 +405,82 @@ async fn expired_exports_answer_404() {
     wait_complete(&status_url).await;
     tokio::time::sleep(Duration::from_millis(2100)).await;
     assert_eq!(http().get(&status_url).send().await.unwrap().status(), 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn polling_too_fast_gets_429_and_the_job_goes_on() {
+    let dir = TempDir::new("polls");
+    let src = dir.0.join("src");
+    generate(&src, 10, 1).unwrap();
+    let stack = running_stack(
+        &dir.0.join("data"),
+        SourceSpec::Ndjson(src.clone()),
+        small_config(),
+        0,
+    )
+    .await;
+    let svc = stack.services.clone();
+    let status_url = kickoff(&stack.base_url, "_type=Patient").await;
+    let mut codes = Vec::new();
+    for _ in 0..(bulk_export_core::status::POLL_BURST + 5) {
+        codes.push(http().get(&status_url).send().await.unwrap());
+    }
+    let last = codes.pop().unwrap();
+    assert_eq!(last.status(), 429, "a burst of polls within Retry-After");
+    assert!(
+        last.headers()["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            >= 1
+    );
+    assert_eq!(last.headers()["content-type"], "application/fhir+json");
+    assert!(
+        codes
+            .iter()
+            .take(bulk_export_core::status::POLL_BURST as usize)
+            .all(|r| r.status() == 202)
+    );
+    drain(&stack, &svc).await;
+    verify_complete(&status_url, &src, &["Patient"]).await;
+    println!(
+        "injected {} rapid polls; checked 429 after {} and a complete export",
+        bulk_export_core::status::POLL_BURST + 5,
+        bulk_export_core::status::POLL_BURST
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queued_export_can_be_cancelled() {
+    let dir = TempDir::new("cancel-queued");
+    let src = dir.0.join("src");
+    generate(&src, 5, 1).unwrap();
+    let mut config = small_config();
+    config.max_running_jobs = 1;
+    let stack = running_stack(
+        &dir.0.join("data"),
+        SourceSpec::Ndjson(src.clone()),
+        config,
+        0,
+    )
+    .await;
+    let svc = stack.services.clone();
+    let a = kickoff(&stack.base_url, "_type=Patient").await;
+    let b = kickoff(&stack.base_url, "_type=Patient").await;
+    assert!(
+        http().get(&b).send().await.unwrap().headers()["x-progress"]
+            .to_str()
+            .unwrap()
+            .contains("queued")
+    );
+    assert_eq!(
+        http().delete(&b).send().await.unwrap().status(),
+        202,
+        "cancel while queued"
+    );
+    assert_eq!(http().get(&b).send().await.unwrap().status(), 404);
+    assert_eq!(http().delete(&b).send().await.unwrap().status(), 404);
+    drain(&stack, &svc).await;
+    verify_complete(&a, &src, &["Patient"]).await;
 }

@@ -431,15 +431,22 @@ impl JobStore for DynamoJobStore {
             .collect()
     }
 
-    async fn next_file_number(&self, job_id: &str, resource_type: &str) -> Result<u32, StoreError> {
+    async fn next_file_number(
+        &self,
+        job_id: &str,
+        resource_type: &str,
+        expires_at: i64,
+    ) -> Result<u32, StoreError> {
         let resp = self
             .client
             .update_item()
             .table_name(&self.table)
             .key("pk", pk(job_id))
             .key("sk", s(format!("SEQ#{resource_type}")))
-            .update_expression("ADD next_number :one")
+            .update_expression("ADD next_number :one SET #ttl = :ttl")
+            .expression_attribute_names("#ttl", "ttl")
             .expression_attribute_values(":one", n(1))
+            .expression_attribute_values(":ttl", n(expires_at))
             .return_values(aws_sdk_dynamodb::types::ReturnValue::UpdatedNew)
             .send()
             .await
@@ -489,6 +496,52 @@ impl JobStore for DynamoJobStore {
             .and_then(|i| i.get("tx"))
             .and_then(|v| v.as_s().ok())
             .cloned())
+    }
+
+    async fn record_poll(
+        &self,
+        job_id: &str,
+        now: i64,
+        window_secs: i64,
+    ) -> Result<u64, StoreError> {
+        let polls_of = |attrs: Option<Item>| {
+            attrs.and_then(|a| attr_num(&a, "polls").ok()).unwrap_or(1) as u64
+        };
+        let within = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", pk(job_id))
+            .key("sk", s(JOB_SK))
+            .update_expression("ADD polls :one")
+            .condition_expression("attribute_exists(pk) AND poll_window > :cutoff")
+            .expression_attribute_values(":one", n(1))
+            .expression_attribute_values(":cutoff", n(now - window_secs))
+            .return_values(aws_sdk_dynamodb::types::ReturnValue::UpdatedNew)
+            .send()
+            .await;
+        match within {
+            Ok(r) => return Ok(polls_of(r.attributes)),
+            Err(e) if is_conditional_failure(&e) => {}
+            Err(e) => return Err(backend(e)),
+        }
+        let fresh = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", pk(job_id))
+            .key("sk", s(JOB_SK))
+            .update_expression("SET poll_window = :now, polls = :one")
+            .condition_expression("attribute_exists(pk)")
+            .expression_attribute_values(":now", n(now))
+            .expression_attribute_values(":one", n(1))
+            .send()
+            .await;
+        match fresh {
+            Ok(_) => Ok(1),
+            Err(e) if is_conditional_failure(&e) => Ok(1),
+            Err(e) => Err(backend(e)),
+        }
     }
 
     async fn delete_job(&self, job_id: &str) -> Result<(), StoreError> {

@@ -49,8 +49,14 @@ pub trait JobStore: Send + Sync {
     async fn put_file(&self, job_id: &str, file: &FileRecord) -> Result<(), StoreError>;
     /// Every completed file of a job.
     async fn list_files(&self, job_id: &str) -> Result<Vec<FileRecord>, StoreError>;
-    /// Atomically allocates the next file number (from 1) for a type.
-    async fn next_file_number(&self, job_id: &str, resource_type: &str) -> Result<u32, StoreError>;
+    /// Atomically allocates the next file number (from 1) for a type; the
+    /// counter expires with the job (`expires_at`, Unix seconds).
+    async fn next_file_number(
+        &self,
+        job_id: &str,
+        resource_type: &str,
+        expires_at: i64,
+    ) -> Result<u32, StoreError>;
     /// Records the transaction time of a schedule's successful export
     /// (only ever moving forward).
     async fn record_schedule_success(
@@ -60,6 +66,14 @@ pub trait JobStore: Send + Sync {
     ) -> Result<(), StoreError>;
     /// Transaction time of a schedule's last successful export.
     async fn last_schedule_success(&self, schedule: &str) -> Result<Option<String>, StoreError>;
+    /// Counts a status poll in a window of `window_secs` starting at the
+    /// first poll after the previous window; returns the polls in the window.
+    async fn record_poll(
+        &self,
+        job_id: &str,
+        now: i64,
+        window_secs: i64,
+    ) -> Result<u64, StoreError>;
     /// Removes every item of a job.
     async fn delete_job(&self, job_id: &str) -> Result<(), StoreError>;
 }

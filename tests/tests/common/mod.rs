@@ -204,6 +204,14 @@ pub async fn wait_complete(status_url: &str) -> Value {
                 );
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
+            429 => {
+                let wait: u64 = resp.headers()["retry-after"]
+                    .to_str()
+                    .unwrap()
+                    .parse()
+                    .unwrap();
+                tokio::time::sleep(Duration::from_secs(wait)).await;
+            }
             s => panic!(
                 "status answered {s}: {}",
                 resp.text().await.unwrap_or_default()
