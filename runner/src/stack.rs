@@ -12,6 +12,7 @@ use bulk_export_core::services::ExportServices;
 use bulk_export_core::source::Source;
 use bulk_export_core::source::fhir_server::{FhirServerSource, RetryPolicy};
 use bulk_export_core::source::ndjson::NdjsonSource;
+use bulk_export_core::source::upstream_auth::UpstreamAuth;
 use bulk_export_core::watchdog::sweep;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -52,10 +53,15 @@ impl SourceSpec {
     fn build(&self) -> Result<Arc<dyn Source>, String> {
         Ok(match self {
             SourceSpec::Ndjson(dir) => Arc::new(NdjsonSource::new(dir)),
-            SourceSpec::Fhir { base, token } => Arc::new(
-                FhirServerSource::new(base, token.clone(), RetryPolicy::default())
-                    .map_err(|e| e.to_string())?,
-            ),
+            SourceSpec::Fhir { base, token } => {
+                let source = FhirServerSource::new(base, token.clone(), RetryPolicy::default())
+                    .map_err(|e| e.to_string())?;
+                // Client credentials from the environment take precedence over a static token.
+                match UpstreamAuth::from_env()? {
+                    auth @ UpstreamAuth::ClientCredentials(_) => Arc::new(source.with_auth(auth)),
+                    _ => Arc::new(source),
+                }
+            }
         })
     }
 }

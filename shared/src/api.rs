@@ -4,6 +4,7 @@
 use crate::caller::Caller;
 use crate::cancel::cancel;
 use crate::capability::capability_statement;
+use crate::download::download;
 use crate::export_request::{ExportLevel, is_fhir_id};
 use crate::kickoff::kickoff;
 use crate::outcome::{ApiError, fhir_json, quote};
@@ -21,6 +22,8 @@ pub enum Route {
     Kickoff(ExportLevel),
     /// `[base]/$export-status/<job>`
     Status(String),
+    /// `[base]/$export-file/<job>/<file>` (`requiresAccessToken` mode)
+    File(String, String),
 }
 
 /// Resolves the path below the base path (already percent-decoded).
@@ -41,6 +44,7 @@ pub fn route(rel: &str) -> Result<Route, ApiError> {
             }
         }
         ["$export-status", id] => Ok(Route::Status((*id).to_string())),
+        ["$export-file", id, name] => Ok(Route::File((*id).to_string(), (*name).to_string())),
         _ => Err(ApiError::NotFound(format!("no route for {}", quote(rel)))),
     }
 }
@@ -113,6 +117,12 @@ async fn dispatch(
                 url.push_str(q);
             }
             kickoff(svc, caller, level, req, url).await
+        }
+        Route::File(id, name) => {
+            if method != Method::GET {
+                return Err(ApiError::MethodNotAllowed { allow: "GET" });
+            }
+            download(svc, caller, &id, &name).await
         }
         Route::Status(id) => match *method {
             Method::GET => status(svc, caller, &id).await,

@@ -23,6 +23,9 @@ pub struct ExportConfig {
     pub page_size: usize,
     /// Lifetime of presigned download URLs.
     pub url_ttl: Duration,
+    /// Manifest URLs point at the authenticated file route (which redirects
+    /// to a presigned URL) instead of being presigned URLs themselves.
+    pub requires_access_token: bool,
     /// How long jobs and their files are kept after kick-off.
     pub retention: Duration,
     /// `Retry-After` advertised to pollers, in seconds.
@@ -51,6 +54,7 @@ impl Default for ExportConfig {
             max_file_size: 64 * 1024 * 1024,
             page_size: 1000,
             url_ttl: Duration::from_secs(300),
+            requires_access_token: false,
             retention: Duration::from_secs(7 * 24 * 3600),
             retry_after_secs: 2,
             max_running_jobs: 64,
@@ -103,6 +107,9 @@ impl ExportConfig {
         }
         if let Some(v) = get("BULK_EXPORT_BUCKET") {
             c.bucket = v;
+        }
+        if let Some(v) = get("BULK_EXPORT_REQUIRES_ACCESS_TOKEN") {
+            c.requires_access_token = v == "true";
         }
         if let Some(v) = env_num(get, "BULK_EXPORT_PART_SIZE")? {
             c.part_size = v;

@@ -57,12 +57,11 @@ pub async fn services_from_env() -> Result<ExportServices, StartupError> {
     let source: Arc<dyn Source> = match std::env::var("BULK_EXPORT_SOURCE") {
         Ok(s) if s.starts_with("ndjson:") => Arc::new(NdjsonSource::new(&s["ndjson:".len()..])),
         Ok(s) if s.starts_with("http://") || s.starts_with("https://") => Arc::new(
-            FhirServerSource::new(
-                s,
-                std::env::var("BULK_EXPORT_UPSTREAM_TOKEN").ok(),
-                RetryPolicy::default(),
-            )
-            .map_err(|e| StartupError(e.to_string()))?,
+            FhirServerSource::new(s, None, RetryPolicy::default())
+                .map_err(|e| StartupError(e.to_string()))?
+                .with_auth(
+                    crate::source::upstream_auth::UpstreamAuth::from_env().map_err(StartupError)?,
+                ),
         ),
         _ => {
             return Err(StartupError(

@@ -14,6 +14,7 @@ pub mod chain;
 pub mod compartment;
 pub mod config;
 pub mod continuation;
+pub mod download;
 pub mod export_request;
 pub mod group;
 pub mod instant;

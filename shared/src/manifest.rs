@@ -18,7 +18,11 @@ pub async fn build_manifest(svc: &ExportServices, job: &Job) -> Result<Value, Ob
     let mut output = Vec::new();
     let mut error = Vec::new();
     for f in &files {
-        let url = svc.objects.presign_get(&f.key, svc.config.url_ttl).await?;
+        let url = if svc.config.requires_access_token {
+            file_url(svc.config.base(), &job.id, f)
+        } else {
+            svc.objects.presign_get(&f.key, svc.config.url_ttl).await?
+        };
         let item = json!({ "type": f.resource_type, "url": url, "count": f.count });
         match f.kind {
             FileKind::Output => output.push(item),
@@ -28,8 +32,16 @@ pub async fn build_manifest(svc: &ExportServices, job: &Job) -> Result<Value, Ob
     Ok(json!({
         "transactionTime": job.transaction_time,
         "request": job.request_url,
-        "requiresAccessToken": false,
+        "requiresAccessToken": svc.config.requires_access_token,
         "output": output,
         "error": error,
     }))
+}
+
+/// The authenticated download URL of a file (`requiresAccessToken` mode).
+pub fn file_url(base: &str, job_id: &str, f: &FileRecord) -> String {
+    format!(
+        "{base}/$export-file/{job_id}/{}",
+        crate::job::file_name(&f.resource_type, f.number)
+    )
 }

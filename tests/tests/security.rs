@@ -71,14 +71,16 @@ impl std::io::Write for LogWriter {
 }
 
 async fn secured_stack(dir: &TempDir) -> Stack {
+    secured_stack_with(dir, small_config()).await
+}
+
+async fn secured_stack_with(
+    dir: &TempDir,
+    config: bulk_export_core::config::ExportConfig,
+) -> Stack {
     let src = dir.0.join("src");
     generate(&src, 20, 3).unwrap();
-    let mut opts = options(
-        &dir.0.join("data"),
-        SourceSpec::Ndjson(src),
-        small_config(),
-        2,
-    );
+    let mut opts = options(&dir.0.join("data"), SourceSpec::Ndjson(src), config, 2);
     let cfg = AuthConfig::from_files(
         Some(SECRET.into()),
         None,
@@ -352,5 +354,74 @@ async fn tokens_isolation_scopes_and_logs() {
         "checked {} bad-token cases × 3 routes, isolation, scopes and {} bytes of logs",
         bad.len(),
         text.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requires_access_token_mode_serves_files_only_to_the_owner() {
+    let dir = TempDir::new("file-route");
+    let mut config = small_config();
+    config.requires_access_token = true;
+    let stack = secured_stack_with(&dir, config).await;
+    let (a, b) = (
+        token("client-a", "system/*.read"),
+        token("client-b", "system/*.read"),
+    );
+    let resp = kick(&stack.base_url, &a, "_type=Patient", false).await;
+    assert_eq!(resp.status(), 202);
+    let m = manifest_as(resp.headers()["content-location"].to_str().unwrap(), &a).await;
+    assert_eq!(m["requiresAccessToken"], true);
+    let url = m["output"][0]["url"].as_str().unwrap().to_string();
+    assert!(
+        url.starts_with(&format!("{}/$export-file/", stack.base_url)),
+        "{url}"
+    );
+    // No token: 401. Another client: 404, as for a file that does not exist.
+    assert_eq!(http().get(&url).send().await.unwrap().status(), 401);
+    assert_eq!(
+        http()
+            .get(&url)
+            .bearer_auth(&b)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+    let missing = url.replace("Patient-1.ndjson", "Patient-9.ndjson");
+    assert_eq!(
+        http()
+            .get(&missing)
+            .bearer_auth(&a)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+    // The owner is redirected to a presigned URL that works without the token.
+    let no_follow = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let resp = no_follow.get(&url).bearer_auth(&a).send().await.unwrap();
+    assert_eq!(resp.status(), 302);
+    let location = resp.headers()["location"].to_str().unwrap().to_string();
+    assert!(location.contains("X-Amz-Signature="), "{location}");
+    let body = http()
+        .get(&location)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        body.lines().count() as u64,
+        m["output"][0]["count"].as_u64().unwrap()
+    );
+    assert!(
+        body.lines()
+            .all(|l| serde_json::from_str::<Value>(l).unwrap()["resourceType"] == "Patient")
     );
 }

@@ -57,7 +57,8 @@ fn every_template_route_has_a_handler() {
     for path in paths {
         let concrete = path
             .replace("{id}", "example-group")
-            .replace("{jobId}", "0123456789abcdef0123456789abcdef");
+            .replace("{jobId}", "0123456789abcdef0123456789abcdef")
+            .replace("{file}", "Patient-1.ndjson");
         assert!(route(&concrete).is_ok(), "route {path} has no handler");
     }
 }

@@ -1,6 +1,7 @@
 //! [`Source`] over a FHIR R4 server's search API. Pages are followed through
 //! `link[relation=next]`; the cursor is `<filter index> <next url>`.
 
+use super::upstream_auth::UpstreamAuth;
 use super::{Page, PageRequest, PatientScope, Source, SourceError, compartment_owner};
 use crate::instant::format_instant;
 use crate::ndjson_page::{frame_search_bundle, read_head};
@@ -55,7 +56,7 @@ impl Default for RetryPolicy {
 pub struct FhirServerSource {
     base: String,
     client: reqwest::Client,
-    bearer: Option<String>,
+    auth: std::sync::Arc<UpstreamAuth>,
     retry: RetryPolicy,
 }
 
@@ -78,12 +79,22 @@ impl FhirServerSource {
             .timeout(retry.request_timeout)
             .build()
             .map_err(|e| SourceError::Permanent(format!("HTTP client: {e}")))?;
+        let auth = match bearer {
+            Some(t) => UpstreamAuth::Bearer(t),
+            None => UpstreamAuth::None,
+        };
         Ok(Self {
             base: base.into().trim_end_matches('/').to_string(),
             client,
-            bearer,
+            auth: std::sync::Arc::new(auth),
             retry,
         })
+    }
+
+    /// The same source authenticating with `auth` instead.
+    pub fn with_auth(mut self, auth: UpstreamAuth) -> Self {
+        self.auth = std::sync::Arc::new(auth);
+        self
     }
 
     fn origin(url: &str) -> Option<&str> {
@@ -130,8 +141,13 @@ impl FhirServerSource {
             .client
             .get(url)
             .header("Accept", "application/fhir+json");
-        if let Some(token) = &self.bearer {
-            rb = rb.bearer_auth(token);
+        match self.auth.as_ref() {
+            UpstreamAuth::None => {}
+            UpstreamAuth::Bearer(token) => rb = rb.bearer_auth(token),
+            UpstreamAuth::ClientCredentials(cc) => match cc.token(&self.client).await {
+                Ok(token) => rb = rb.bearer_auth(token),
+                Err(e) => return Attempt::Retry(format!("no upstream access token: {e}"), None),
+            },
         }
         let resp = match rb.send().await {
             Ok(r) => r,
@@ -149,6 +165,13 @@ impl FhirServerSource {
                 format!("upstream answered {}", status.as_u16()),
                 retry_after,
             );
+        }
+        if status == StatusCode::UNAUTHORIZED
+            && let UpstreamAuth::ClientCredentials(cc) = self.auth.as_ref()
+        {
+            // The token may have been revoked or expired early: fetch a new one.
+            cc.invalidate().await;
+            return Attempt::Retry("upstream answered 401".into(), None);
         }
         if status == StatusCode::NOT_FOUND || status == StatusCode::GONE {
             return Attempt::NotFound;

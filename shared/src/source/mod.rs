@@ -2,6 +2,7 @@
 
 pub mod fhir_server;
 pub mod ndjson;
+pub mod upstream_auth;
 
 use crate::export_request::TypeFilter;
 use serde::{Deserialize, Serialize};
