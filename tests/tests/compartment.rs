@@ -247,6 +247,30 @@ async fn run_matrix(base: &str, all: &[Value], with_filters: bool) {
         ),
         "Group + _until"
     );
+    let got = export_at(
+        base,
+        "/Patient/$export",
+        &format!("_type=Observation,Coverage&_since={since}"),
+        None,
+    )
+    .await;
+    let since_ok = since_filter(since);
+    assert_eq!(
+        got,
+        expected(all, None, |v| matches!(
+            v["resourceType"].as_str(),
+            Some("Observation" | "Coverage")
+        ) && since_ok(v)),
+        "Patient + _type + _since"
+    );
+    let body = json!({"resourceType": "Parameters", "parameter": [{"name": "patient", "valueReference": {"reference": "Patient/pt-14"}}]});
+    let got = export_at(base, "/Patient/$export", "", Some(body)).await;
+    let one: BTreeSet<String> = ["pt-14".to_string()].into_iter().collect();
+    assert_eq!(
+        got,
+        expected(all, Some(&one), |_| true),
+        "Patient + patient"
+    );
     // The patient parameter restricts a Group export.
     let body = json!({"resourceType": "Parameters", "parameter": [
         {"name": "patient", "valueReference": {"reference": "Patient/pt-3"}},
@@ -271,6 +295,18 @@ async fn run_matrix(base: &str, all: &[Value], with_filters: bool) {
                     && v["clinicalStatus"]["coding"][0]["code"] == "active")
         });
         assert_eq!(got, exp, "Group + one _typeFilter; Patient unfiltered");
+        let got = export_at(
+            base,
+            "/Patient/$export",
+            "_type=Condition&_typeFilter=Condition%3Fclinical-status%3Dresolved",
+            None,
+        )
+        .await;
+        let exp = expected(all, None, |v| {
+            v["resourceType"] == "Condition"
+                && v["clinicalStatus"]["coding"][0]["code"] == "resolved"
+        });
+        assert_eq!(got, exp, "Patient + one _typeFilter");
     }
     // Refusals.
     let bad = [

@@ -173,3 +173,34 @@ async fn status_and_cancel_through_the_lifecycle() {
     let left = stack.objects.list("").await.unwrap();
     assert!(left.is_empty(), "objects left after cancel: {left:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gzipped_ndjson_files_export_like_plain_ones() {
+    use std::io::Write;
+    let dir = TempDir::new("gz");
+    let plain = dir.0.join("plain");
+    generate(&plain, 150, 12).unwrap();
+    let gz = dir.0.join("gz");
+    std::fs::create_dir_all(&gz).unwrap();
+    for e in std::fs::read_dir(&plain).unwrap() {
+        let p = e.unwrap().path();
+        let name = format!("{}.gz", p.file_name().unwrap().to_str().unwrap());
+        let mut enc = flate2::write::GzEncoder::new(
+            std::fs::File::create(gz.join(name)).unwrap(),
+            flate2::Compression::fast(),
+        );
+        enc.write_all(&std::fs::read(&p).unwrap()).unwrap();
+        enc.finish().unwrap();
+    }
+    let mut config = small_config();
+    config.page_size = 200;
+    let stack = running_stack(&dir.0.join("data"), SourceSpec::Ndjson(gz), config, 2).await;
+    let manifest = wait_complete(&kickoff(&stack.base_url, "").await).await;
+    let files = download_outputs(&manifest).await;
+    let got = multiset(files.iter().map(|(_, _, b)| b.as_slice()));
+    assert_eq!(
+        got,
+        source_multiset(&plain, true),
+        "gzipped source exports exactly the plain content"
+    );
+}

@@ -122,6 +122,31 @@ async fn exports_from_a_real_fhir_server_exactly() {
     });
     assert_eq!(got, expected, "_since is exclusive and exact");
     assert!(manifest["transactionTime"].as_str().unwrap().ends_with('Z'));
+
+    // _until, and a single _typeFilter, at the system level.
+    let until = "2022-01-01T00:00:00Z";
+    let (_, got) = export(
+        &stack.base_url,
+        &format!("_type=Condition,Procedure&_until={until}"),
+    )
+    .await;
+    let before = bulk_export_core::instant::parse_instant(until).unwrap();
+    let expected = expected_where(&src, |v| {
+        matches!(v["resourceType"].as_str(), Some("Condition" | "Procedure"))
+            && bulk_export_core::instant::parse_instant(v["meta"]["lastUpdated"].as_str().unwrap())
+                .unwrap()
+                <= before
+    });
+    assert_eq!(got, expected, "_until is inclusive and exact");
+    let (_, got) = export(
+        &stack.base_url,
+        "_type=Condition&_typeFilter=Condition%3Fclinical-status%3Dactive",
+    )
+    .await;
+    let expected = expected_where(&src, |v| {
+        v["resourceType"] == "Condition" && v["clinicalStatus"]["coding"][0]["code"] == "active"
+    });
+    assert_eq!(got, expected, "one _typeFilter");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -399,11 +399,16 @@ async fn expired_exports_answer_404() {
     let src = dir.0.join("src");
     generate(&src, 2, 1).unwrap();
     let mut config = small_config();
-    config.retention = Duration::from_secs(1);
+    config.retention = Duration::from_secs(6);
     let stack = running_stack(&dir.0.join("data"), SourceSpec::Ndjson(src), config, 2).await;
+    let started = std::time::Instant::now();
     let status_url = kickoff(&stack.base_url, "_type=Patient").await;
     wait_complete(&status_url).await;
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "the export finished within its retention"
+    );
+    tokio::time::sleep(Duration::from_secs(7).saturating_sub(started.elapsed())).await;
     assert_eq!(http().get(&status_url).send().await.unwrap().status(), 404);
 }
 
