@@ -210,7 +210,7 @@ pub fn file_name(resource_type: &str, number: u32) -> String {
 }
 
 /// Event that runs one step of one chain.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct StepEvent {
     /// Job id.
     pub job_id: String,

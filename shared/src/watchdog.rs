@@ -38,6 +38,15 @@ pub async fn sweep(svc: &ExportServices, stall: Duration) -> Result<SweepReport,
             {
                 continue;
             }
+            let current = StepEvent {
+                job_id: job.id.clone(),
+                chain_id: chain.chain_id.clone(),
+                step: chain.step,
+            };
+            if svc.continuation.is_pending(&current).await {
+                // Waiting for a worker (or running) is not a stall.
+                continue;
+            }
             if !stall.is_zero() && chain.restarts >= MAX_RESTARTS {
                 let reason = format!(
                     "no progress after {} restarts by the watchdog",
@@ -56,7 +65,11 @@ pub async fn sweep(svc: &ExportServices, stall: Duration) -> Result<SweepReport,
                     Err(e) => return Err(e.into()),
                 }
             }
-            tracing::warn!(job_id = %job.id, chain = %chain.chain_id, step = chain.step, restarts = chain.restarts, "restarting stalled chain");
+            if stall.is_zero() {
+                tracing::info!(job_id = %job.id, chain = %chain.chain_id, step = chain.step, "resuming chain");
+            } else {
+                tracing::warn!(job_id = %job.id, chain = %chain.chain_id, step = chain.step, restarts = chain.restarts, "restarting stalled chain");
+            }
             svc.continuation
                 .schedule(StepEvent {
                     job_id: job.id.clone(),

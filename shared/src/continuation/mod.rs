@@ -16,4 +16,11 @@ pub struct ContinuationError(pub String);
 pub trait Continuation: Send + Sync {
     /// Arranges for `event` to run once (at least once) soon.
     async fn schedule(&self, event: StepEvent) -> Result<(), ContinuationError>;
+
+    /// True if `event` is known to be waiting for a worker or running, so
+    /// the watchdog does not count queueing as a stall. Lambda's async queue
+    /// is opaque, so by default nothing is known to be pending.
+    async fn is_pending(&self, _event: &StepEvent) -> bool {
+        false
+    }
 }
