@@ -151,10 +151,9 @@ async fn forward(
     let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     let mut rb = client.request(parts.method.clone(), format!("{upstream}{pq}"));
     for (k, v) in &parts.headers {
-        if k == http::header::CONTENT_LENGTH
-            || k == http::header::TRANSFER_ENCODING
-            || k == http::header::CONNECTION
-        {
+        // Content-Length is kept (it may be signed); the body is forwarded
+        // whole, so it stays exact.
+        if k == http::header::TRANSFER_ENCODING || k == http::header::CONNECTION {
             continue;
         }
         rb = rb.header(k, v);
