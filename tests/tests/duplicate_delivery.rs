@@ -3,23 +3,12 @@
 
 mod common;
 
-use bulk_export::generate::generate;
-use bulk_export::stack::SourceSpec;
 use bulk_export_core::chain::{StepOutcome, run_step};
 use common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_step_replayed_gives_identical_output() {
-    let dir = TempDir::new("dup");
-    let src = dir.0.join("src");
-    generate(&src, 500, 9).unwrap();
-    let stack = running_stack(
-        &dir.0.join("data"),
-        SourceSpec::Ndjson(src.clone()),
-        small_config(),
-        0,
-    )
-    .await;
+    let (_dir, src, stack) = ndjson_stack("dup", 500, 9, small_config(), 0).await;
     let svc = stack.services.clone();
     let status_url = kickoff(&stack.base_url, "").await;
     let (mut steps, mut stale) = (0, 0);

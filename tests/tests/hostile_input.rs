@@ -4,8 +4,6 @@
 
 mod common;
 
-use bulk_export::generate::generate;
-use bulk_export::stack::SourceSpec;
 use common::*;
 use serde_json::{Value, json};
 
@@ -118,16 +116,7 @@ fn cases() -> Vec<Case> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_input_never_escapes_validation() {
-    let dir = TempDir::new("hostile");
-    let src = dir.0.join("src");
-    generate(&src, 12, 4).unwrap();
-    let stack = running_stack(
-        &dir.0.join("data"),
-        SourceSpec::Ndjson(src),
-        small_config(),
-        2,
-    )
-    .await;
+    let (_dir, _src, stack) = ndjson_stack("hostile", 12, 4, small_config(), 2).await;
     // One legitimate export so there is a real job folder to stay inside.
     let ok = kickoff(&stack.base_url, "_type=Patient&_container=legit-run").await;
     wait_complete(&ok).await;

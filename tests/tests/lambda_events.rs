@@ -174,16 +174,7 @@ async fn run_schedule(stack: &bulk_export::stack::Stack) -> (Value, Value) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consecutive_scheduled_exports_have_no_gaps_and_no_overlaps() {
-    let dir = TempDir::new("sched");
-    let src = dir.0.join("src");
-    generate(&src, 30, 4).unwrap();
-    let stack = running_stack(
-        &dir.0.join("data"),
-        SourceSpec::Ndjson(src.clone()),
-        small_config(),
-        2,
-    )
-    .await;
+    let (_dir, src, stack) = ndjson_stack("sched", 30, 4, small_config(), 2).await;
 
     let (first, manifest) = run_schedule(&stack).await;
     assert!(first["since"].is_null());

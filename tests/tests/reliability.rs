@@ -5,8 +5,6 @@
 mod common;
 
 use async_trait::async_trait;
-use bulk_export::generate::generate;
-use bulk_export::stack::SourceSpec;
 use bulk_export_core::chain::run_step;
 use bulk_export_core::job::{Chain, FileRecord, Job, JobStatus};
 use bulk_export_core::job_store::{JobStore, StoreError};
@@ -32,19 +30,10 @@ async fn verify_complete(status_url: &str, src: &std::path::Path, types: &[&str]
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exports_beyond_the_limit_queue_then_get_429() {
-    let dir = TempDir::new("queue");
-    let src = dir.0.join("src");
-    generate(&src, 20, 1).unwrap();
     let mut config = small_config();
     config.max_running_jobs = 1;
     config.max_queued_jobs = 1;
-    let stack = running_stack(
-        &dir.0.join("data"),
-        SourceSpec::Ndjson(src.clone()),
-        config,
-        0,
-    )
-    .await;
+    let (_dir, src, stack) = ndjson_stack("queue", 20, 1, config, 0).await;
     let svc = stack.services.clone();
 
     let a = kickoff(&stack.base_url, "_type=Patient").await;
@@ -83,16 +72,7 @@ async fn exports_beyond_the_limit_queue_then_get_429() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_handoff_is_recovered_by_the_watchdog() {
-    let dir = TempDir::new("lost");
-    let src = dir.0.join("src");
-    generate(&src, 300, 2).unwrap();
-    let stack = running_stack(
-        &dir.0.join("data"),
-        SourceSpec::Ndjson(src.clone()),
-        small_config(),
-        0,
-    )
-    .await;
+    let (_dir, src, stack) = ndjson_stack("lost", 300, 2, small_config(), 0).await;
     let svc = stack.services.clone();
     let status_url = kickoff(&stack.base_url, "_type=Observation").await;
     // Run the first step, then lose the handoff it scheduled.
@@ -128,16 +108,7 @@ async fn a_lost_handoff_is_recovered_by_the_watchdog() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_chain_that_keeps_stalling_fails_into_the_error_file() {
-    let dir = TempDir::new("stall");
-    let src = dir.0.join("src");
-    generate(&src, 50, 2).unwrap();
-    let stack = running_stack(
-        &dir.0.join("data"),
-        SourceSpec::Ndjson(src.clone()),
-        small_config(),
-        0,
-    )
-    .await;
+    let (_dir, _src, stack) = ndjson_stack("stall", 50, 2, small_config(), 0).await;
     let svc = stack.services.clone();
     let status_url = kickoff(&stack.base_url, "_type=Patient,Condition").await;
     // Patient runs; Condition's steps are always lost.
@@ -355,16 +326,7 @@ impl JobStore for ThrottledStore {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn storage_faults_are_retried_without_loss() {
-    let dir = TempDir::new("faults");
-    let src = dir.0.join("src");
-    generate(&src, 500, 6).unwrap();
-    let stack = running_stack(
-        &dir.0.join("data"),
-        SourceSpec::Ndjson(src.clone()),
-        small_config(),
-        0,
-    )
-    .await;
+    let (_dir, src, stack) = ndjson_stack("faults", 500, 6, small_config(), 0).await;
     for seed in [11, 23, 37] {
         let objects = Arc::new(FlakyObjects {
             inner: stack.services.objects.clone(),
@@ -395,12 +357,9 @@ async fn storage_faults_are_retried_without_loss() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_exports_answer_404() {
-    let dir = TempDir::new("expiry");
-    let src = dir.0.join("src");
-    generate(&src, 2, 1).unwrap();
     let mut config = small_config();
     config.retention = Duration::from_secs(6);
-    let stack = running_stack(&dir.0.join("data"), SourceSpec::Ndjson(src), config, 2).await;
+    let (_dir, _src, stack) = ndjson_stack("expiry", 2, 1, config, 2).await;
     let started = std::time::Instant::now();
     let status_url = kickoff(&stack.base_url, "_type=Patient").await;
     wait_complete(&status_url).await;
@@ -414,16 +373,7 @@ async fn expired_exports_answer_404() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn polling_too_fast_gets_429_and_the_job_goes_on() {
-    let dir = TempDir::new("polls");
-    let src = dir.0.join("src");
-    generate(&src, 10, 1).unwrap();
-    let stack = running_stack(
-        &dir.0.join("data"),
-        SourceSpec::Ndjson(src.clone()),
-        small_config(),
-        0,
-    )
-    .await;
+    let (_dir, src, stack) = ndjson_stack("polls", 10, 1, small_config(), 0).await;
     let svc = stack.services.clone();
     let status_url = kickoff(&stack.base_url, "_type=Patient").await;
     let mut codes = Vec::new();
@@ -458,18 +408,9 @@ async fn polling_too_fast_gets_429_and_the_job_goes_on() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_queued_export_can_be_cancelled() {
-    let dir = TempDir::new("cancel-queued");
-    let src = dir.0.join("src");
-    generate(&src, 5, 1).unwrap();
     let mut config = small_config();
     config.max_running_jobs = 1;
-    let stack = running_stack(
-        &dir.0.join("data"),
-        SourceSpec::Ndjson(src.clone()),
-        config,
-        0,
-    )
-    .await;
+    let (_dir, src, stack) = ndjson_stack("cancel-queued", 5, 1, config, 0).await;
     let svc = stack.services.clone();
     let a = kickoff(&stack.base_url, "_type=Patient").await;
     let b = kickoff(&stack.base_url, "_type=Patient").await;

@@ -349,3 +349,26 @@ pub async fn drain(stack: &Stack, svc: &bulk_export_core::services::ExportServic
     }
     (steps, retries)
 }
+
+/// A generated NDJSON dataset of `patients` and a running stack over it
+/// (`workers` step workers; 0 lets the test run steps itself). The
+/// directory lives as long as the returned `TempDir`.
+pub async fn ndjson_stack(
+    prefix: &str,
+    patients: u64,
+    seed: u64,
+    config: ExportConfig,
+    workers: usize,
+) -> (TempDir, PathBuf, Stack) {
+    let dir = TempDir::new(prefix);
+    let src = dir.0.join("src");
+    bulk_export::generate::generate(&src, patients, seed).unwrap();
+    let stack = running_stack(
+        &dir.0.join("data"),
+        SourceSpec::Ndjson(src.clone()),
+        config,
+        workers,
+    )
+    .await;
+    (dir, src, stack)
+}
