@@ -1,12 +1,10 @@
 //! End-to-end exports through the S3 adapter: file rolling, part sizes, exact
 //! counts and no loss or duplication, and the status/cancel lifecycle.
 
-mod common;
-
+use crate::common::*;
 use bulk_export::generate::generate;
 use bulk_export::stack::SourceSpec;
 use bulk_export_core::config::ExportConfig;
-use common::*;
 use serde_json::Value;
 use std::collections::BTreeMap;
 

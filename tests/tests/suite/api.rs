@@ -1,11 +1,9 @@
 //! The kick-off, status and cancel API through HTTP against the real store:
 //! every bad-input case answers the right 4xx with an OperationOutcome.
 
-mod common;
-
+use crate::common::*;
 use bulk_export::generate::generate;
 use bulk_export::stack::SourceSpec;
-use common::*;
 use serde_json::{Value, json};
 
 struct Case {

@@ -2,11 +2,9 @@
 //! in-memory repository served by tests/fhir-fixture): paging through `next`
 //! links, `_typeFilter`, `_since`, and exact output.
 
-mod common;
-
+use crate::common::*;
 use bulk_export::generate::generate;
 use bulk_export::stack::SourceSpec;
-use common::*;
 use serde_json::Value;
 use std::collections::BTreeMap;
 

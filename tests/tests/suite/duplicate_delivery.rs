@@ -1,10 +1,8 @@
 //! At-least-once delivery: every step delivered twice concurrently and once
 //! more afterwards gives exactly the output of a clean run.
 
-mod common;
-
+use crate::common::*;
 use bulk_export_core::chain::{StepOutcome, run_step};
-use common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_step_replayed_gives_identical_output() {

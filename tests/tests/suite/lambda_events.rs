@@ -2,13 +2,11 @@
 //! (the ones each function's main.rs runs), against the embedded DynamoDB
 //! and S3; plus scheduled incremental exports.
 
-mod common;
-
+use crate::common::*;
 use bulk_export::generate::generate;
 use bulk_export::stack::SourceSpec;
 use bulk_export_core::job::StepEvent;
 use bulk_export_core::lambda::{api_event_handler, watchdog_handler, worker_handler};
-use common::*;
 use serde_json::Value;
 use std::path::Path;
 

@@ -2,11 +2,9 @@
 //! patients, no duplicates even for resources linked to several members, and
 //! upstream searches that grow with members / batch size, not members.
 
-mod common;
-
+use crate::common::*;
 use bulk_export::generate::generate;
 use bulk_export::stack::SourceSpec;
-use common::*;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;

@@ -2,8 +2,7 @@
 //! recovered by the watchdog, storage faults retried without loss, expiry.
 //! Each test prints what it injected and what it checked.
 
-mod common;
-
+use crate::common::*;
 use async_trait::async_trait;
 use bulk_export_core::chain::run_step;
 use bulk_export_core::job::{Chain, FileRecord, Job, JobStatus};
@@ -12,7 +11,6 @@ use bulk_export_core::object_store::{ObjectError, ObjectStore};
 use bulk_export_core::services::ExportServices;
 use bulk_export_core::watchdog::sweep;
 use bytes::Bytes;
-use common::*;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;

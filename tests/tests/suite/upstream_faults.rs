@@ -3,14 +3,12 @@
 //! end that type with an OperationOutcome in `error`. No fault ever produces a
 //! malformed output line.
 
-mod common;
-
+use crate::common::*;
 use bulk_export::fixture_server::{Fault, FaultRule, FixtureOptions, start_fixture};
 use bulk_export::generate::generate;
 use bulk_export::stack::SourceSpec;
 use bulk_export_core::services::ExportServices;
 use bulk_export_core::source::fhir_server::{FhirServerSource, RetryPolicy};
-use common::*;
 use serde_json::Value;
 use std::sync::Arc;
 use std::time::Duration;

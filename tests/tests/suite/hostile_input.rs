@@ -2,9 +2,7 @@
 //! encoding tricks get the right 4xx with an OperationOutcome, never a 5xx,
 //! and nothing is written outside a job's own folder.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::{Value, json};
 
 struct Case {

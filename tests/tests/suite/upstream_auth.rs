@@ -4,8 +4,7 @@
 //! when the upstream answers 401. The protected upstream here is a small
 //! authorizing proxy in front of the fixture FHIR server.
 
-mod common;
-
+use crate::common::*;
 use bulk_export::fixture_server::{FixtureOptions, start_fixture};
 use bulk_export::generate::generate;
 use bulk_export::stack::SourceSpec;
@@ -13,7 +12,6 @@ use bulk_export_core::services::ExportServices;
 use bulk_export_core::source::fhir_server::{FhirServerSource, RetryPolicy};
 use bulk_export_core::source::upstream_auth::{ClientCredentials, UpstreamAuth};
 use bytes::Bytes;
-use common::*;
 use http_body_util::{BodyExt, Full};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use std::collections::HashMap;

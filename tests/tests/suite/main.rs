@@ -1,0 +1,17 @@
+//! The integration suite as one test binary: each module is one area, all of
+//! them share one link of the AWS SDK and the embedded servers.
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod api;
+mod compartment;
+mod duplicate_delivery;
+mod export_e2e;
+mod fhir_source;
+mod hostile_input;
+mod lambda_events;
+mod reliability;
+mod template;
+mod upstream_auth;
+mod upstream_faults;
