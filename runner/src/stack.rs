@@ -12,6 +12,7 @@ use bulk_export_core::services::ExportServices;
 use bulk_export_core::source::Source;
 use bulk_export_core::source::fhir_server::{FhirServerSource, RetryPolicy};
 use bulk_export_core::source::ndjson::NdjsonSource;
+use bulk_export_core::source::ndjson_location::S3Prefix;
 use bulk_export_core::source::upstream_auth::UpstreamAuth;
 use bulk_export_core::watchdog::sweep;
 use std::net::SocketAddr;
@@ -24,6 +25,9 @@ use std::time::Duration;
 pub enum SourceSpec {
     /// A directory of NDJSON files.
     Ndjson(PathBuf),
+    /// NDJSON objects under an `s3://bucket/prefix`, read through the stack's
+    /// S3 endpoint.
+    S3(String),
     /// A FHIR server base URL, with an optional static bearer token.
     Fhir {
         /// Base URL.
@@ -34,10 +38,12 @@ pub enum SourceSpec {
 }
 
 impl SourceSpec {
-    /// Parses `ndjson:<dir>` or an `http(s)://` URL.
+    /// Parses `ndjson:<dir>`, `s3://bucket/prefix` or an `http(s)://` URL.
     pub fn parse(s: &str) -> Result<Self, String> {
         if let Some(dir) = s.strip_prefix("ndjson:") {
             Ok(SourceSpec::Ndjson(PathBuf::from(dir)))
+        } else if s.starts_with("s3://") {
+            Ok(SourceSpec::S3(s.to_string()))
         } else if s.starts_with("http://") || s.starts_with("https://") {
             Ok(SourceSpec::Fhir {
                 base: s.to_string(),
@@ -45,14 +51,15 @@ impl SourceSpec {
             })
         } else {
             Err(format!(
-                "source '{s}' must be ndjson:<dir> or an http(s):// FHIR base URL"
+                "source '{s}' must be ndjson:<dir>, s3://bucket/prefix or an http(s):// FHIR base URL"
             ))
         }
     }
 
-    fn build(&self) -> Result<Arc<dyn Source>, String> {
+    fn build(&self, s3: &aws_sdk_s3::Client) -> Result<Arc<dyn Source>, String> {
         Ok(match self {
             SourceSpec::Ndjson(dir) => Arc::new(NdjsonSource::new(dir)),
+            SourceSpec::S3(url) => Arc::new(NdjsonSource::s3(S3Prefix::parse(s3.clone(), url)?)),
             SourceSpec::Fhir { base, token } => {
                 let source = FhirServerSource::new(base, token.clone(), RetryPolicy::default())
                     .map_err(|e| e.to_string())?;
@@ -153,7 +160,7 @@ pub async fn build(opts: &StackOptions, base_url: String) -> Result<Stack, Stack
         config: Arc::new(config),
         store: Arc::new(store),
         objects: Arc::new(objects.clone()),
-        source: opts.source.build().map_err(StackError)?,
+        source: opts.source.build(objects.client()).map_err(StackError)?,
         continuation: Arc::new(continuation),
     };
     Ok(Stack {

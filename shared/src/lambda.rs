@@ -53,9 +53,13 @@ pub async fn services_from_env() -> Result<ExportServices, StartupError> {
         .force_path_style(std::env::var("BULK_EXPORT_S3_PATH_STYLE").is_ok_and(|v| v == "true"))
         .build();
     let store = DynamoJobStore::new(aws_sdk_dynamodb::Client::new(&sdk), &config.table);
-    let objects = S3ObjectStore::new(aws_sdk_s3::Client::from_conf(s3_conf), &config.bucket);
+    let s3 = aws_sdk_s3::Client::from_conf(s3_conf);
+    let objects = S3ObjectStore::new(s3.clone(), &config.bucket);
     let source: Arc<dyn Source> = match std::env::var("BULK_EXPORT_SOURCE") {
         Ok(s) if s.starts_with("ndjson:") => Arc::new(NdjsonSource::new(&s["ndjson:".len()..])),
+        Ok(s) if s.starts_with("s3://") => Arc::new(NdjsonSource::s3(
+            crate::source::ndjson_location::S3Prefix::parse(s3, &s).map_err(StartupError)?,
+        )),
         Ok(s) if s.starts_with("http://") || s.starts_with("https://") => Arc::new(
             FhirServerSource::new(s, None, RetryPolicy::default())
                 .map_err(|e| StartupError(e.to_string()))?
@@ -65,7 +69,7 @@ pub async fn services_from_env() -> Result<ExportServices, StartupError> {
         ),
         _ => {
             return Err(StartupError(
-                "BULK_EXPORT_SOURCE must be an http(s) FHIR base URL or ndjson:<dir>".into(),
+                "BULK_EXPORT_SOURCE must be an http(s) FHIR base URL, s3://bucket/prefix or ndjson:<dir>".into(),
             ));
         }
     };

@@ -2,6 +2,7 @@
 
 pub mod fhir_server;
 pub mod ndjson;
+pub mod ndjson_location;
 pub mod upstream_auth;
 
 use crate::export_request::TypeFilter;

@@ -1,46 +1,37 @@
-//! [`Source`] over a directory of `<Type>*.ndjson` files. The cursor is
-//! `<file index>:<byte offset>`, so a page can be re-read exactly.
+//! [`Source`] over `<Type>*.ndjson[.gz]` files in a directory or under an S3
+//! prefix. The cursor is `<file index>:<byte offset>`, so a page can be re-read
+//! exactly.
 
+use super::ndjson_location::{Location, S3Prefix};
 use super::{Page, PageRequest, PatientScope, Source, SourceError, compartment_owner};
 use crate::instant::parse_instant;
 use crate::ndjson_page::{minify_into, read_head};
 use crate::resource_types::is_resource_type;
 use async_trait::async_trait;
-use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
-use std::path::{Path, PathBuf};
+use std::io::BufRead;
+use std::path::PathBuf;
 
 /// Most bytes one page scans, so a filter that rejects everything still
 /// returns control to the step regularly.
 const MAX_SCAN_BYTES: u64 = 16 * 1024 * 1024;
 
-/// Reads resources from NDJSON files in one directory.
+/// Reads resources from NDJSON files in one directory or S3 prefix.
 #[derive(Debug, Clone)]
 pub struct NdjsonSource {
-    dir: PathBuf,
+    location: Location,
 }
 
 fn io_err(e: std::io::Error) -> SourceError {
     SourceError::Permanent(format!("reading NDJSON source: {}", e.kind()))
 }
 
-/// Opens a source file positioned at `offset` bytes of its (decompressed)
-/// content. A `.gz` file cannot seek, so its offset is reached by
-/// decompressing and discarding: fine for data-lake drops, slower than plain
-/// files for very large ones.
-fn open_at(path: &Path, offset: u64) -> Result<Box<dyn BufRead + Send>, SourceError> {
-    let file = std::fs::File::open(path).map_err(io_err)?;
-    if path.extension().is_some_and(|e| e == "gz") {
-        let mut reader = BufReader::with_capacity(
-            256 * 1024,
-            flate2::read::MultiGzDecoder::new(BufReader::new(file)),
-        );
-        std::io::copy(&mut reader.by_ref().take(offset), &mut std::io::sink()).map_err(io_err)?;
-        Ok(Box::new(reader))
-    } else {
-        let mut reader = BufReader::with_capacity(256 * 1024, file);
-        reader.seek(SeekFrom::Start(offset)).map_err(io_err)?;
-        Ok(Box::new(reader))
-    }
+/// Runs blocking file or S3 reads off the async workers.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, SourceError> + Send + 'static,
+) -> Result<T, SourceError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| SourceError::Permanent(e.to_string()))?
 }
 
 /// The resource type a file name belongs to (`Observation.ndjson`,
@@ -54,24 +45,23 @@ pub fn type_of_file(name: &str) -> Option<&str> {
 }
 
 impl NdjsonSource {
-    /// A source over `dir`.
+    /// A source over the local directory `dir`.
     pub fn new(dir: impl Into<PathBuf>) -> Self {
-        Self { dir: dir.into() }
+        Self {
+            location: Location::Dir(dir.into()),
+        }
     }
 
-    /// The directory read.
-    pub fn dir(&self) -> &Path {
-        &self.dir
+    /// A source over the objects directly under an S3 prefix.
+    pub fn s3(prefix: S3Prefix) -> Self {
+        Self {
+            location: Location::S3(prefix),
+        }
     }
 
-    fn files_of(&self, resource_type: &str) -> Result<Vec<PathBuf>, SourceError> {
-        let mut files: Vec<PathBuf> = std::fs::read_dir(&self.dir)
-            .map_err(io_err)?
-            .filter_map(Result::ok)
-            .filter(|e| e.file_name().to_str().and_then(type_of_file) == Some(resource_type))
-            .map(|e| e.path())
-            .collect();
-        files.sort();
+    fn files_of(&self, resource_type: &str) -> Result<Vec<String>, SourceError> {
+        let mut files = self.location.list()?;
+        files.retain(|name| type_of_file(name) == Some(resource_type));
         Ok(files)
     }
 
@@ -91,19 +81,36 @@ impl NdjsonSource {
         let mut scanned = 0u64;
         let mut line = Vec::with_capacity(8 * 1024);
         while file_idx < files.len() {
-            let mut reader = open_at(&files[file_idx], offset)?;
+            let mut opened = self.location.open_at(&files[file_idx], offset)?;
+            let mut window_start = offset;
             loop {
                 if page.count as usize >= req.page_size || scanned >= MAX_SCAN_BYTES {
                     page.next = Some(format!("{file_idx}:{offset}"));
                     return Ok(page);
                 }
                 line.clear();
-                let n = reader
-                    .by_ref()
-                    .read_until(b'\n', &mut line)
-                    .map_err(io_err)? as u64;
+                let n = opened.reader.read_until(b'\n', &mut line).map_err(io_err)? as u64;
                 if n == 0 {
+                    if opened.window_end.is_some_and(|end| offset >= end) {
+                        // The ranged read ended, not the object.
+                        opened = self.location.open_at(&files[file_idx], offset)?;
+                        window_start = offset;
+                        continue;
+                    }
                     break;
+                }
+                if opened
+                    .window_end
+                    .is_some_and(|end| offset + n >= end && line.last() != Some(&b'\n'))
+                {
+                    // The line runs past a ranged read: re-read it in full.
+                    if offset == window_start {
+                        opened = self.location.open_unbounded(&files[file_idx], offset)?;
+                    } else {
+                        opened = self.location.open_at(&files[file_idx], offset)?;
+                        window_start = offset;
+                    }
+                    continue;
                 }
                 offset += n;
                 scanned += n;
@@ -117,9 +124,6 @@ impl NdjsonSource {
                     SourceError::Permanent(format!(
                         "{} line ending at byte {offset} is not a JSON resource",
                         files[file_idx]
-                            .file_name()
-                            .and_then(|n| n.to_str())
-                            .unwrap_or("?")
                     ))
                 })?;
                 if head.resource_type != req.resource_type {
@@ -163,42 +167,51 @@ impl NdjsonSource {
         Ok(page)
     }
 
-    fn count_lines(&self, resource_type: &str) -> Result<u64, SourceError> {
-        let mut total = 0u64;
-        let mut buf = vec![0u8; 1024 * 1024];
-        for path in self.files_of(resource_type)? {
-            let mut f = open_at(&path, 0)?;
-            loop {
-                let n = f.read(&mut buf).map_err(io_err)?;
-                if n == 0 {
-                    break;
+    fn count_lines(&self, resource_type: &str) -> Result<Option<u64>, SourceError> {
+        let files = self.files_of(resource_type)?;
+        self.location.estimate_lines(&files)
+    }
+
+    /// Every line of a type, page by page, until `visit` returns false.
+    async fn scan(
+        &self,
+        resource_type: &str,
+        mut visit: impl FnMut(&[u8]) -> bool,
+    ) -> Result<(), SourceError> {
+        let mut req = OwnedRequest {
+            resource_type: resource_type.into(),
+            cursor: None,
+            since: None,
+            until: time::OffsetDateTime::now_utc() + time::Duration::days(36500),
+            page_size: 10_000,
+            scope: PatientScope::None,
+        };
+        loop {
+            let this = self.clone();
+            let r = req.clone();
+            let page = blocking(move || this.read_page(&r.as_request())).await?;
+            for line in page.ndjson.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+                if !visit(line) {
+                    return Ok(());
                 }
-                total += buf[..n].iter().filter(|b| **b == b'\n').count() as u64;
+            }
+            match page.next {
+                Some(next) => req.cursor = Some(next),
+                None => return Ok(()),
             }
         }
-        Ok(total)
     }
 }
 
 #[async_trait]
 impl Source for NdjsonSource {
     async fn resource_types(&self) -> Result<Vec<String>, SourceError> {
-        let dir = self.dir.clone();
-        let mut types: Vec<String> =
-            tokio::task::spawn_blocking(move || -> Result<Vec<String>, SourceError> {
-                Ok(std::fs::read_dir(&dir)
-                    .map_err(io_err)?
-                    .filter_map(Result::ok)
-                    .filter_map(|e| {
-                        e.file_name()
-                            .to_str()
-                            .and_then(type_of_file)
-                            .map(str::to_string)
-                    })
-                    .collect())
-            })
-            .await
-            .map_err(|e| SourceError::Permanent(e.to_string()))??;
+        let location = self.location.clone();
+        let mut types: Vec<String> = blocking(move || location.list())
+            .await?
+            .iter()
+            .filter_map(|name| type_of_file(name).map(str::to_string))
+            .collect();
         types.sort();
         types.dedup();
         // Group definitions are read for Group exports; they are not exported.
@@ -214,18 +227,13 @@ impl Source for NdjsonSource {
         }
         let this = self.clone();
         let owned = OwnedRequest::from(req);
-        tokio::task::spawn_blocking(move || this.read_page(&owned.as_request()))
-            .await
-            .map_err(|e| SourceError::Permanent(e.to_string()))?
+        blocking(move || this.read_page(&owned.as_request())).await
     }
 
     async fn estimate(&self, req: &PageRequest<'_>) -> Result<Option<u64>, SourceError> {
         let this = self.clone();
         let ty = req.resource_type.to_string();
-        let n = tokio::task::spawn_blocking(move || this.count_lines(&ty))
-            .await
-            .map_err(|e| SourceError::Permanent(e.to_string()))??;
-        Ok(Some(n))
+        blocking(move || this.count_lines(&ty)).await
     }
 
     async fn read_resource(
@@ -233,60 +241,28 @@ impl Source for NdjsonSource {
         resource_type: &str,
         id: &str,
     ) -> Result<Option<Vec<u8>>, SourceError> {
-        let mut req = OwnedRequest {
-            resource_type: resource_type.into(),
-            cursor: None,
-            since: None,
-            until: time::OffsetDateTime::now_utc() + time::Duration::days(36500),
-            page_size: 10_000,
-            scope: PatientScope::None,
-        };
-        loop {
-            let page = {
-                let this = self.clone();
-                let r = req.clone();
-                tokio::task::spawn_blocking(move || this.read_page(&r.as_request()))
-                    .await
-                    .map_err(|e| SourceError::Permanent(e.to_string()))??
-            };
-            for line in page.ndjson.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-                if read_head(line).ok().and_then(|h| h.id) == Some(id) {
-                    return Ok(Some(line.to_vec()));
-                }
+        let mut found = None;
+        self.scan(resource_type, |line| {
+            if read_head(line).ok().and_then(|h| h.id) == Some(id) {
+                found = Some(line.to_vec());
+                return false;
             }
-            match page.next {
-                Some(next) => req.cursor = Some(next),
-                None => return Ok(None),
-            }
-        }
+            true
+        })
+        .await?;
+        Ok(found)
     }
 
     async fn patient_ids(&self) -> Result<Vec<String>, SourceError> {
-        let mut req = OwnedRequest {
-            resource_type: "Patient".into(),
-            cursor: None,
-            since: None,
-            until: time::OffsetDateTime::now_utc() + time::Duration::days(36500),
-            page_size: 10_000,
-            scope: PatientScope::None,
-        };
         let mut ids = Vec::new();
-        loop {
-            let this = self.clone();
-            let r = req.clone();
-            let page = tokio::task::spawn_blocking(move || this.read_page(&r.as_request()))
-                .await
-                .map_err(|e| SourceError::Permanent(e.to_string()))??;
-            for line in page.ndjson.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-                if let Some(id) = read_head(line).ok().and_then(|h| h.id) {
-                    ids.push(id.to_string());
-                }
+        self.scan("Patient", |line| {
+            if let Some(id) = read_head(line).ok().and_then(|h| h.id) {
+                ids.push(id.to_string());
             }
-            match page.next {
-                Some(next) => req.cursor = Some(next),
-                None => return Ok(ids),
-            }
-        }
+            true
+        })
+        .await?;
+        Ok(ids)
     }
 
     fn queries_by_patient_batch(&self) -> bool {

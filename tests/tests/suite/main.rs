@@ -12,6 +12,7 @@ mod fhir_source;
 mod hostile_input;
 mod lambda_events;
 mod reliability;
+mod s3_source;
 mod template;
 mod upstream_auth;
 mod upstream_faults;
