@@ -95,6 +95,9 @@ pub async fn promote_queued(svc: &ExportServices) -> Result<usize, StoreError> {
             Err(e) => return Err(e),
         }
         for chain in svc.store.list_chains(&job.id).await? {
+            if chain.state != crate::job::ChainState::Running {
+                continue;
+            }
             let ev = StepEvent {
                 job_id: job.id.clone(),
                 chain_id: chain.chain_id.clone(),

@@ -201,7 +201,7 @@ async fn run_step_once(
         }
     }
     let batch = chain.batch.clone();
-    let total = if chain.step == 0 && chain.total.is_none() {
+    let total = if chain.step == 0 && chain.total.is_none() && !chain.referenced {
         svc.source
             .estimate(&page_request(
                 &resource_type,
@@ -233,18 +233,21 @@ async fn run_step_once(
     let mut visited: Vec<u64> = Vec::new();
     let room = if roll { cfg.max_file_size } else { room_before };
     for _ in 0..MAX_PAGES_PER_STEP {
-        let page = match svc
-            .source
-            .fetch_page(&page_request(
-                &resource_type,
-                cursor.as_deref(),
-                (since, until),
-                &filters,
-                cfg.page_size,
-                (&job.scope, batch.as_deref()),
-            ))
-            .await
-        {
+        let fetched = if chain.referenced {
+            crate::referenced::fetch_page(svc, &job, &resource_type, cursor.as_deref()).await
+        } else {
+            svc.source
+                .fetch_page(&page_request(
+                    &resource_type,
+                    cursor.as_deref(),
+                    (since, until),
+                    &filters,
+                    cfg.page_size,
+                    (&job.scope, batch.as_deref()),
+                ))
+                .await
+        };
+        let page = match fetched {
             Ok(p) => p,
             Err(e) => {
                 drop(_enter);
@@ -319,6 +322,10 @@ async fn run_step_once(
             Err(e) => return Err(e.into()),
         }
     }
+
+    // Before anything of this step is committed, so a committed step's
+    // references are always on record.
+    crate::referenced::record_step(svc, &job, &chain, &buf).await?;
 
     let mut last_part = 0usize;
     let mut already_completed = false;
@@ -597,6 +604,11 @@ pub async fn maybe_complete_job(svc: &ExportServices, job_id: &str) -> Result<()
             return Ok(());
         };
         if job.chains_remaining > 0 {
+            if job.status == JobStatus::Running
+                && job.chains_remaining as usize <= job.referenced_types.len()
+            {
+                start_waiting_chains(svc, &job).await?;
+            }
             return Ok(());
         }
         match job.status {
@@ -611,6 +623,15 @@ pub async fn maybe_complete_job(svc: &ExportServices, job_id: &str) -> Result<()
                             svc.store
                                 .record_schedule_success(schedule, &job.transaction_time)
                                 .await?;
+                        }
+                        if !job.referenced_types.is_empty()
+                            && let Err(e) = svc
+                                .objects
+                                .delete_prefix(&crate::referenced::working_prefix(&job))
+                                .await
+                        {
+                            // Expires with the job's files anyway.
+                            tracing::warn!(job_id, error = %e, "could not remove working objects");
                         }
                         tracing::info!(job_id, "export complete");
                         crate::admission::promote_queued(svc).await?;
@@ -633,6 +654,40 @@ pub async fn maybe_complete_job(svc: &ExportServices, job_id: &str) -> Result<()
     Ok(())
 }
 
+/// Starts the waiting (referenced-resources) chains once every other chain
+/// of the job has finished. Concurrent callers race on each chain's version:
+/// one of them starts it.
+async fn start_waiting_chains(svc: &ExportServices, job: &Job) -> Result<(), StepError> {
+    let chains = svc.store.list_chains(&job.id).await?;
+    if chains
+        .iter()
+        .any(|c| !c.referenced && !c.state.is_finished())
+    {
+        return Ok(());
+    }
+    for mut chain in chains
+        .into_iter()
+        .filter(|c| c.state == ChainState::Waiting)
+    {
+        chain.state = ChainState::Running;
+        chain.heartbeat = unix_now();
+        match svc.store.save_chain(&mut chain).await {
+            Ok(()) => {}
+            Err(StoreError::Conflict) => continue,
+            Err(e) => return Err(e.into()),
+        }
+        tracing::info!(job_id = %job.id, chain = %chain.chain_id, "referenced-resources chain started");
+        svc.continuation
+            .schedule(StepEvent {
+                job_id: job.id.clone(),
+                chain_id: chain.chain_id.clone(),
+                step: chain.step,
+            })
+            .await?;
+    }
+    Ok(())
+}
+
 /// A fresh chain for one resource type.
 pub fn new_chain(job_id: &str, chain_id: &str, resource_type: &str) -> Chain {
     Chain {
@@ -651,6 +706,7 @@ pub fn new_chain(job_id: &str, chain_id: &str, resource_type: &str) -> Chain {
         heartbeat: now_millis().unix_timestamp(),
         restarts: 0,
         visited: Vec::new(),
+        referenced: false,
         version: 0,
     }
 }

@@ -79,6 +79,10 @@ pub struct Job {
     /// Name of the schedule that started it, for scheduled exports.
     #[serde(default)]
     pub schedule: Option<String>,
+    /// Types exported as resources referenced from the compartment's
+    /// resources (Patient- and Group-level exports), in a second phase.
+    #[serde(default)]
+    pub referenced_types: Vec<String>,
     /// Status (authoritative copy is a top-level attribute).
     #[serde(skip, default = "default_status")]
     pub status: JobStatus,
@@ -98,6 +102,9 @@ fn default_status() -> JobStatus {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ChainState {
+    /// Waits for the job's other chains (a referenced-resources chain starts
+    /// once every compartment chain has finished).
+    Waiting,
     /// More steps to run.
     Running,
     /// The source is exhausted and every file is complete.
@@ -106,6 +113,16 @@ pub enum ChainState {
     Failed,
     /// Stopped because the job was cancelled.
     Cancelled,
+}
+
+impl ChainState {
+    /// True once the chain will run no more steps.
+    pub fn is_finished(self) -> bool {
+        matches!(
+            self,
+            ChainState::Done | ChainState::Failed | ChainState::Cancelled
+        )
+    }
 }
 
 /// A multipart upload a chain is appending to.
@@ -169,6 +186,10 @@ pub struct Chain {
     /// Hashes of the page cursors followed (most recent last), to detect loops.
     #[serde(default)]
     pub visited: Vec<u64>,
+    /// Exports the resources of its type referenced from the job's other
+    /// chains' output, instead of a search of the source.
+    #[serde(default)]
+    pub referenced: bool,
     /// Optimistic-locking version.
     #[serde(skip)]
     pub version: u64,

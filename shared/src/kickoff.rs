@@ -11,8 +11,9 @@ use crate::export_request::{
 };
 use crate::group::resolve_scope;
 use crate::instant::{format_instant, now_millis};
-use crate::job::{Job, JobStatus, StepEvent};
+use crate::job::{ChainState, Job, JobStatus, StepEvent};
 use crate::outcome::{ApiError, Severity, fhir_json, operation_outcome, quote};
+use crate::referenced::{REFERENCED_TYPES, is_referenced_type};
 use crate::scopes::{ReadableTypes, readable_types};
 use crate::services::ExportServices;
 use crate::source::PatientScope;
@@ -155,15 +156,27 @@ fn compartment_type(t: &str) -> bool {
     t == "Patient" || in_compartment(t)
 }
 
-/// Patient- and Group-level exports cover the Patient compartment: a `_type`
-/// outside it is refused (lenient: skipped with an OperationOutcome).
+/// Patient- and Group-level exports cover the Patient compartment and the
+/// resources it references ([`REFERENCED_TYPES`]): any other `_type` is
+/// refused (lenient: skipped with an OperationOutcome).
 fn restrict_to_compartment(request: &mut ExportRequest, lenient: bool) -> Result<(), ApiError> {
     let outside: Vec<String> = request
         .types
         .iter()
-        .filter(|t| !compartment_type(t))
+        .filter(|t| !compartment_type(t) && !is_referenced_type(t))
         .cloned()
         .collect();
+    if let Some(f) = request
+        .type_filters
+        .iter()
+        .find(|f| is_referenced_type(&f.resource_type))
+    {
+        return Err(ApiError::BadRequest(format!(
+            "_typeFilter for {}: at Patient and Group level {} resources are exported because exported resources reference them, and cannot be filtered",
+            quote(&f.resource_type),
+            quote(&f.resource_type)
+        )));
+    }
     if let Some(f) = request
         .type_filters
         .iter()
@@ -187,7 +200,9 @@ fn restrict_to_compartment(request: &mut ExportRequest, lenient: bool) -> Result
                 .join(", ")
         )));
     }
-    request.types.retain(|t| compartment_type(t));
+    request
+        .types
+        .retain(|t| compartment_type(t) || is_referenced_type(t));
     for t in outside {
         request.ignored.push(format!(
             "_type {} is not in the Patient compartment; skipped under handling=lenient",
@@ -274,8 +289,27 @@ pub async fn start_export(
     } else {
         request.types.clone()
     };
+    let mut referenced_types = Vec::new();
     if scope.is_compartment() {
+        referenced_types = types
+            .iter()
+            .filter(|t| is_referenced_type(t))
+            .cloned()
+            .collect();
+        if request.types.is_empty() {
+            // By default every referenced type the source holds and the
+            // caller may read (types already reflects the scopes).
+            referenced_types = REFERENCED_TYPES
+                .iter()
+                .map(|t| t.to_string())
+                .filter(|t| types.contains(t))
+                .collect();
+        }
         types.retain(|t| compartment_type(t));
+        if types.is_empty() {
+            // Nothing exported from the compartment references anything.
+            referenced_types.clear();
+        }
     }
 
     let admission = admit(svc, owner).await?;
@@ -294,7 +328,13 @@ pub async fn start_export(
         ),
     };
     let folder = format!("{container}/{job_id}");
-    let chains = plan_chains(svc, &job_id, &types, &scope);
+    let mut chains = plan_chains(svc, &job_id, &types, &scope);
+    for t in &referenced_types {
+        let mut chain = new_chain(&job_id, &format!("referenced.{t}"), t);
+        chain.referenced = true;
+        chain.state = ChainState::Waiting;
+        chains.push(chain);
+    }
     let mut job = Job {
         id: job_id.clone(),
         owner: owner.to_string(),
@@ -307,6 +347,7 @@ pub async fn start_export(
         failure: None,
         scope,
         schedule,
+        referenced_types,
         status: if chains.is_empty() {
             JobStatus::Complete
         } else if admission == Admission::Queue {
@@ -328,7 +369,10 @@ pub async fn start_export(
         .await
         .map_err(|e| ApiError::Unavailable(format!("could not store the job: {e}")))?;
     job.version = 0;
-    for chain in chains.iter().filter(|_| job.status == JobStatus::Running) {
+    for chain in chains
+        .iter()
+        .filter(|c| job.status == JobStatus::Running && c.state == ChainState::Running)
+    {
         let ev = StepEvent {
             job_id: job.id.clone(),
             chain_id: chain.chain_id.clone(),

@@ -57,15 +57,12 @@ async fn progress(svc: &ExportServices, job: &Job) -> Result<(u64, u64, usize, u
         .await
         .map_err(|e| ApiError::Unavailable(format!("job store unavailable: {e}")))?;
     let exported: u64 = chains.iter().map(|c| c.exported).sum();
-    let done = chains
-        .iter()
-        .filter(|c| c.state != ChainState::Running)
-        .count();
+    let done = chains.iter().filter(|c| c.state.is_finished()).count();
     let fraction: f64 = chains
         .iter()
         .map(|c| match (c.state, c.total) {
             (ChainState::Running, Some(t)) if t > 0 => (c.exported as f64 / t as f64).min(0.99),
-            (ChainState::Running, _) => 0.0,
+            (ChainState::Running | ChainState::Waiting, _) => 0.0,
             _ => 1.0,
         })
         .sum();

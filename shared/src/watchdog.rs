@@ -33,6 +33,11 @@ pub async fn sweep(svc: &ExportServices, stall: Duration) -> Result<SweepReport,
             continue;
         }
         report.jobs += 1;
+        // A finisher that died before completing the job or starting its
+        // waiting chains left that undone: do it now.
+        if job.chains_remaining as usize <= job.referenced_types.len() {
+            crate::chain::maybe_complete_job(svc, &job.id).await?;
+        }
         for mut chain in svc.store.list_chains(&job.id).await? {
             if chain.state != ChainState::Running || now - chain.heartbeat < stall.as_secs() as i64
             {

@@ -291,10 +291,15 @@ async fn tokens_isolation_scopes_and_logs() {
         );
     assert_ne!(other, url);
     let tampered = http().get(&other).send().await.unwrap().status().as_u16();
-    assert!(
-        tampered == 403 || tampered == 400,
-        "tampered presigned URL answered {tampered}"
-    );
+    // The signature is checked by the S3 server: s3s-fs (embedded lane) and
+    // AWS do; moto_server does not verify SigV4 at all, so on that lane the
+    // check would test moto, not us.
+    if lane() == "embedded" {
+        assert!(
+            tampered == 403 || tampered == 400,
+            "tampered presigned URL answered {tampered}"
+        );
+    }
     let expires_in: u64 = url
         .split("X-Amz-Expires=")
         .nth(1)

@@ -47,4 +47,8 @@ pub trait ObjectStore: Send + Sync {
     async fn presign_get(&self, key: &str, ttl: Duration) -> Result<String, ObjectError>;
     /// Deletes every object under `prefix`.
     async fn delete_prefix(&self, prefix: &str) -> Result<(), ObjectError>;
+    /// Reads a small object whole, `None` if it does not exist.
+    async fn get_object(&self, key: &str) -> Result<Option<Bytes>, ObjectError>;
+    /// Keys under `prefix`, in key order.
+    async fn list_keys(&self, prefix: &str) -> Result<Vec<String>, ObjectError>;
 }

@@ -251,6 +251,33 @@ impl ObjectStore for S3ObjectStore {
         Ok(req.uri().to_string())
     }
 
+    async fn get_object(&self, key: &str) -> Result<Option<Bytes>, ObjectError> {
+        match self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+        {
+            Ok(r) => Ok(Some(r.body.collect().await.map_err(backend)?.into_bytes())),
+            Err(SdkError::ServiceError(se)) if se.err().is_no_such_key() => Ok(None),
+            Err(e) if matches!(code_of(&e).as_deref(), Some("NotFound" | "NoSuchKey")) => Ok(None),
+            Err(e) => Err(backend(e)),
+        }
+    }
+
+    async fn list_keys(&self, prefix: &str) -> Result<Vec<String>, ObjectError> {
+        let mut keys: Vec<String> = self
+            .list(prefix)
+            .await?
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        keys.sort();
+        Ok(keys)
+    }
+
     async fn delete_prefix(&self, prefix: &str) -> Result<(), ObjectError> {
         let keys = self.list(prefix).await?;
         for batch in keys.chunks(1000) {

@@ -497,6 +497,67 @@ impl Source for FhirServerSource {
         }))
     }
 
+    async fn fetch_by_ids(&self, resource_type: &str, ids: &[String]) -> Result<Page, SourceError> {
+        let mut wanted: std::collections::HashSet<&str> = ids.iter().map(String::as_str).collect();
+        let mut page = Page::default();
+        for batch in ids.chunks(IDS_PER_QUERY) {
+            let mut url = format!(
+                "{}/{resource_type}?_count={}&_pretty=false&_id={}",
+                self.base,
+                batch.len(),
+                percent_encoding::utf8_percent_encode(&batch.join(","), QUERY_UNSAFE)
+            );
+            // One page is the norm (`_count` covers the batch); the bound stops
+            // an upstream whose `next` links cycle.
+            for pages in 0.. {
+                if pages > 2 * IDS_PER_QUERY {
+                    return Err(SourceError::Permanent(
+                        "upstream next links do not end for an _id search".into(),
+                    ));
+                }
+                let body = self
+                    .get(&url, |b| frame_search_bundle(b, resource_type).is_ok())
+                    .await?
+                    .ok_or_else(|| {
+                        SourceError::Permanent(format!(
+                            "upstream has no {resource_type} search (404)"
+                        ))
+                    })?;
+                let framed = frame_search_bundle(&body, resource_type)
+                    .map_err(|e| SourceError::Permanent(e.to_string()))?;
+                for line in framed
+                    .ndjson
+                    .split(|b| *b == b'\n')
+                    .filter(|l| !l.is_empty())
+                {
+                    // Each id once, even if the upstream repeats one across pages.
+                    if read_head(line)
+                        .ok()
+                        .and_then(|h| h.id)
+                        .is_some_and(|id| wanted.remove(id))
+                    {
+                        page.ndjson.extend_from_slice(line);
+                        page.ndjson.push(b'\n');
+                        page.count += 1;
+                    }
+                }
+                match framed.next {
+                    Some(n) if n != url => {
+                        self.check_same_upstream(&n)?;
+                        url = n;
+                    }
+                    Some(_) => {
+                        return Err(SourceError::Permanent(
+                            "upstream next link points back to the same page".into(),
+                        ));
+                    }
+                    None => break,
+                }
+            }
+        }
+        Ok(page)
+    }
+
     async fn patient_ids(&self) -> Result<Vec<String>, SourceError> {
         let mut url = format!(
             "{}/Patient?_count=1000&_elements=id&_pretty=false",

@@ -111,6 +111,9 @@ pub trait Source: Send + Sync {
         resource_type: &str,
         id: &str,
     ) -> Result<Option<Vec<u8>>, SourceError>;
+    /// The resources of a type with these ids (at most once each; ids that
+    /// do not exist are left out), as one page with no `next`.
+    async fn fetch_by_ids(&self, resource_type: &str, ids: &[String]) -> Result<Page, SourceError>;
     /// Ids of every Patient (for Patient-level exports from sources that
     /// query in batches of patients).
     async fn patient_ids(&self) -> Result<Vec<String>, SourceError>;

@@ -253,6 +253,23 @@ impl Source for NdjsonSource {
         Ok(found)
     }
 
+    async fn fetch_by_ids(&self, resource_type: &str, ids: &[String]) -> Result<Page, SourceError> {
+        let mut wanted: std::collections::HashSet<&str> = ids.iter().map(String::as_str).collect();
+        let mut page = Page::default();
+        self.scan(resource_type, |line| {
+            if let Some(id) = read_head(line).ok().and_then(|h| h.id)
+                && wanted.remove(id)
+            {
+                page.ndjson.extend_from_slice(line);
+                page.ndjson.push(b'\n');
+                page.count += 1;
+            }
+            !wanted.is_empty()
+        })
+        .await?;
+        Ok(page)
+    }
+
     async fn patient_ids(&self) -> Result<Vec<String>, SourceError> {
         let mut ids = Vec::new();
         self.scan("Patient", |line| {

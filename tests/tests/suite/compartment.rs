@@ -40,6 +40,33 @@ fn add_multi_patient_resources(src: &Path) {
             "payor": [{"reference": "Organization/org-0"}]});
         writeln!(cov, "{v}").unwrap();
     }
+    // Referenced-only types: one referenced and one unreferenced resource each,
+    // referenced in versioned and absolute form.
+    let mut loc = std::fs::File::create(src.join("Location.ndjson")).unwrap();
+    let mut med = std::fs::File::create(src.join("Medication.ndjson")).unwrap();
+    for n in 1..=2 {
+        let v = json!({"resourceType": "Location", "id": format!("loc-{n}"), "meta": {"lastUpdated": lu}, "name": format!("Ward {n}")});
+        writeln!(loc, "{v}").unwrap();
+        let v = json!({"resourceType": "Medication", "id": format!("med-{n}"), "meta": {"lastUpdated": lu},
+            "code": {"coding": [{"system": "http://www.nlm.nih.gov/research/umls/rxnorm", "code": format!("31407{n}")}]}});
+        writeln!(med, "{v}").unwrap();
+    }
+    let mut enc = std::fs::OpenOptions::new()
+        .append(true)
+        .open(src.join("Encounter.ndjson"))
+        .unwrap();
+    let v = json!({"resourceType": "Encounter", "id": "enc-at-ward", "meta": {"lastUpdated": lu}, "status": "finished",
+        "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "IMP"},
+        "subject": {"reference": "Patient/pt-3"}, "location": [{"location": {"reference": "Location/loc-1/_history/1"}}]});
+    writeln!(enc, "{v}").unwrap();
+    let mut mr = std::fs::OpenOptions::new()
+        .append(true)
+        .open(src.join("MedicationRequest.ndjson"))
+        .unwrap();
+    let v = json!({"resourceType": "MedicationRequest", "id": "medreq-coded", "meta": {"lastUpdated": lu}, "status": "active",
+        "intent": "order", "subject": {"reference": "Patient/pt-6"},
+        "medicationReference": {"reference": "https://ehr.example/fhir/Medication/med-1"}});
+    writeln!(mr, "{v}").unwrap();
 }
 
 fn lines(src: &Path) -> Vec<Value> {
@@ -52,20 +79,37 @@ fn lines(src: &Path) -> Vec<Value> {
     out
 }
 
-/// Every `Patient/<id>` in any `reference` anywhere in the resource.
-fn referenced_patients(v: &Value, out: &mut BTreeSet<String>) {
+/// Every `reference` string anywhere in the resource.
+fn references(v: &Value, out: &mut Vec<String>) {
     match v {
         Value::Object(m) => {
-            if let Some(r) = m.get("reference").and_then(Value::as_str)
-                && let Some(id) = r.strip_prefix("Patient/")
-            {
-                out.insert(id.to_string());
+            if let Some(r) = m.get("reference").and_then(Value::as_str) {
+                out.push(r.to_string());
             }
-            m.values().for_each(|c| referenced_patients(c, out));
+            m.values().for_each(|c| references(c, out));
         }
-        Value::Array(a) => a.iter().for_each(|c| referenced_patients(c, out)),
+        Value::Array(a) => a.iter().for_each(|c| references(c, out)),
         _ => {}
     }
+}
+
+/// Every `Patient/<id>` in any `reference` anywhere in the resource.
+fn referenced_patients(v: &Value, out: &mut BTreeSet<String>) {
+    let mut refs = Vec::new();
+    references(v, &mut refs);
+    out.extend(
+        refs.iter()
+            .filter_map(|r| r.strip_prefix("Patient/"))
+            .map(str::to_string),
+    );
+}
+
+/// `(type, id)` a reference points to, for one of `types`, read the way a
+/// person would: `Type/id`, `Type/id/_history/v` or `https://…/Type/id`.
+fn reference_target(r: &str, types: &[&str]) -> Option<(String, String)> {
+    let parts: Vec<&str> = r.split('/').collect();
+    let at = parts.iter().position(|p| types.contains(p))?;
+    Some((parts[at].to_string(), parts.get(at + 1)?.to_string()))
 }
 
 /// Group members computed from the raw Group file: inactive excluded, nested Groups expanded.
@@ -89,14 +133,28 @@ fn members_of(all: &[Value], group: &str) -> BTreeSet<String> {
     out
 }
 
-const NON_COMPARTMENT: &[&str] = &["Group", "Practitioner", "Organization"];
+const NON_COMPARTMENT: &[&str] = &[
+    "Group",
+    "Practitioner",
+    "Organization",
+    "Location",
+    "Medication",
+];
 
+/// Referenced types included when `_type` is absent.
+const ALL_REFERENCED: &[&str] = &["Location", "Medication", "Organization", "Practitioner"];
+
+/// The compartment resources of `members` (all patients when `None`) that
+/// `keep` accepts, plus every existing resource of `referenced` types those
+/// resources reference.
 fn expected(
     all: &[Value],
     members: Option<&BTreeSet<String>>,
     keep: impl Fn(&Value) -> bool,
+    referenced: &[&str],
 ) -> Multiset {
     let mut m = Multiset::new();
+    let mut targets = BTreeSet::new();
     for v in all {
         let ty = v["resourceType"].as_str().unwrap();
         if NON_COMPARTMENT.contains(&ty) || !keep(v) {
@@ -111,6 +169,22 @@ fn expected(
         if refs.iter().any(|p| members.is_none_or(|ms| ms.contains(p))) {
             *m.entry((ty.to_string(), v["id"].as_str().unwrap().to_string()))
                 .or_insert(0) += 1;
+            let mut all_refs = Vec::new();
+            references(v, &mut all_refs);
+            targets.extend(
+                all_refs
+                    .iter()
+                    .filter_map(|r| reference_target(r, referenced)),
+            );
+        }
+    }
+    for v in all {
+        let key = (
+            v["resourceType"].as_str().unwrap().to_string(),
+            v["id"].as_str().unwrap().to_string(),
+        );
+        if targets.contains(&key) {
+            m.insert(key, 1);
         }
     }
     m
@@ -166,10 +240,18 @@ async fn run_matrix(base: &str, all: &[Value], with_filters: bool) {
     );
     // Patient level, everything.
     let got = export_at(base, "/Patient/$export", "", None).await;
-    assert_eq!(got, expected(all, None, |_| true), "Patient level");
+    assert_eq!(
+        got,
+        expected(all, None, |_| true, ALL_REFERENCED),
+        "Patient level"
+    );
     // Group level, with and without _type, with _since.
     let got = export_at(base, "/Group/every-third/$export", "", None).await;
-    assert_eq!(got, expected(all, Some(&group), |_| true), "Group level");
+    assert_eq!(
+        got,
+        expected(all, Some(&group), |_| true, ALL_REFERENCED),
+        "Group level"
+    );
     assert!(
         got.contains_key(&("Observation".into(), "multi-1".into()))
             && got.contains_key(&("Coverage".into(), "cov-2".into()))
@@ -177,6 +259,41 @@ async fn run_matrix(base: &str, all: &[Value], with_filters: bool) {
     assert!(
         !got.contains_key(&("Coverage".into(), "cov-3".into())),
         "pt-14 is not a member"
+    );
+    for (ty, id, present) in [
+        ("Location", "loc-1", true),
+        ("Medication", "med-1", true),
+        ("Location", "loc-2", false),
+        ("Medication", "med-2", false),
+    ] {
+        assert_eq!(
+            got.contains_key(&(ty.into(), id.into())),
+            present,
+            "referenced {ty}/{id}"
+        );
+    }
+    assert!(
+        got.keys().any(|(ty, _)| ty == "Practitioner")
+            && got.keys().any(|(ty, _)| ty == "Organization"),
+        "referenced Practitioners and Organizations are included by default"
+    );
+    // A referenced type in _type: only that one, from the listed types.
+    let got = export_at(
+        base,
+        "/Group/every-third/$export",
+        "_type=Encounter,Practitioner",
+        None,
+    )
+    .await;
+    assert_eq!(
+        got,
+        expected(
+            all,
+            Some(&group),
+            |v| v["resourceType"] == "Encounter",
+            &["Practitioner"]
+        ),
+        "Group + _type with a referenced type"
     );
     let got = export_at(
         base,
@@ -188,8 +305,12 @@ async fn run_matrix(base: &str, all: &[Value], with_filters: bool) {
     let types = ["Observation", "Coverage", "Patient"];
     assert_eq!(
         got,
-        expected(all, Some(&group), |v| types
-            .contains(&v["resourceType"].as_str().unwrap())),
+        expected(
+            all,
+            Some(&group),
+            |v| types.contains(&v["resourceType"].as_str().unwrap()),
+            &[]
+        ),
         "Group + _type"
     );
     let since = "2023-01-01T00:00:00Z";
@@ -202,7 +323,7 @@ async fn run_matrix(base: &str, all: &[Value], with_filters: bool) {
     .await;
     assert_eq!(
         got,
-        expected(all, Some(&group), since_filter(since)),
+        expected(all, Some(&group), since_filter(since), ALL_REFERENCED),
         "Group + _since"
     );
     let until = "2022-01-01T00:00:00Z";
@@ -216,13 +337,17 @@ async fn run_matrix(base: &str, all: &[Value], with_filters: bool) {
     let before = bulk_export_core::instant::parse_instant(until).unwrap();
     assert_eq!(
         got,
-        expected(all, None, |v| matches!(
-            v["resourceType"].as_str(),
-            Some("Condition" | "Encounter")
-        ) && bulk_export_core::instant::parse_instant(
-            v["meta"]["lastUpdated"].as_str().unwrap()
-        )
-        .unwrap() <= before),
+        expected(
+            all,
+            None,
+            |v| matches!(v["resourceType"].as_str(), Some("Condition" | "Encounter"))
+                && bulk_export_core::instant::parse_instant(
+                    v["meta"]["lastUpdated"].as_str().unwrap()
+                )
+                .unwrap()
+                    <= before,
+            &[]
+        ),
         "Patient + _until"
     );
     let got = export_at(
@@ -241,7 +366,8 @@ async fn run_matrix(base: &str, all: &[Value], with_filters: bool) {
                 v["meta"]["lastUpdated"].as_str().unwrap()
             )
             .unwrap()
-                <= before
+                <= before,
+            ALL_REFERENCED
         ),
         "Group + _until"
     );
@@ -255,10 +381,13 @@ async fn run_matrix(base: &str, all: &[Value], with_filters: bool) {
     let since_ok = since_filter(since);
     assert_eq!(
         got,
-        expected(all, None, |v| matches!(
-            v["resourceType"].as_str(),
-            Some("Observation" | "Coverage")
-        ) && since_ok(v)),
+        expected(
+            all,
+            None,
+            |v| matches!(v["resourceType"].as_str(), Some("Observation" | "Coverage"))
+                && since_ok(v),
+            &[]
+        ),
         "Patient + _type + _since"
     );
     let body = json!({"resourceType": "Parameters", "parameter": [{"name": "patient", "valueReference": {"reference": "Patient/pt-14"}}]});
@@ -266,7 +395,7 @@ async fn run_matrix(base: &str, all: &[Value], with_filters: bool) {
     let one: BTreeSet<String> = ["pt-14".to_string()].into_iter().collect();
     assert_eq!(
         got,
-        expected(all, Some(&one), |_| true),
+        expected(all, Some(&one), |_| true, ALL_REFERENCED),
         "Patient + patient"
     );
     // The patient parameter restricts a Group export.
@@ -275,23 +404,37 @@ async fn run_matrix(base: &str, all: &[Value], with_filters: bool) {
         {"name": "patient", "valueReference": {"reference": "Patient/pt-6"}}]});
     let got = export_at(base, "/Group/every-third/$export", "", Some(body)).await;
     let two: BTreeSet<String> = ["pt-3", "pt-6"].iter().map(|s| s.to_string()).collect();
-    assert_eq!(got, expected(all, Some(&two), |_| true), "Group + patient");
+    assert_eq!(
+        got,
+        expected(all, Some(&two), |_| true, ALL_REFERENCED),
+        "Group + patient"
+    );
     if with_filters {
         let q = "_type=Observation&_typeFilter=Observation%3Fcategory%3Dlaboratory,Observation%3Fcode%3Dhttp://loinc.org%7C8867-4";
         let got = export_at(base, "/Group/every-third/$export", q, None).await;
-        let exp = expected(all, Some(&group), |v| {
-            v["resourceType"] == "Observation"
-                && (v["category"][0]["coding"][0]["code"] == "laboratory"
-                    || v["code"]["coding"][0]["code"] == "8867-4")
-        });
+        let exp = expected(
+            all,
+            Some(&group),
+            |v| {
+                v["resourceType"] == "Observation"
+                    && (v["category"][0]["coding"][0]["code"] == "laboratory"
+                        || v["code"]["coding"][0]["code"] == "8867-4")
+            },
+            &[],
+        );
         assert_eq!(got, exp, "Group + two _typeFilters");
         let q = "_type=Condition,Patient&_typeFilter=Condition%3Fclinical-status%3Dactive";
         let got = export_at(base, "/Group/every-third/$export", q, None).await;
-        let exp = expected(all, Some(&group), |v| {
-            v["resourceType"] == "Patient"
-                || (v["resourceType"] == "Condition"
-                    && v["clinicalStatus"]["coding"][0]["code"] == "active")
-        });
+        let exp = expected(
+            all,
+            Some(&group),
+            |v| {
+                v["resourceType"] == "Patient"
+                    || (v["resourceType"] == "Condition"
+                        && v["clinicalStatus"]["coding"][0]["code"] == "active")
+            },
+            &[],
+        );
         assert_eq!(got, exp, "Group + one _typeFilter; Patient unfiltered");
         let got = export_at(
             base,
@@ -300,15 +443,25 @@ async fn run_matrix(base: &str, all: &[Value], with_filters: bool) {
             None,
         )
         .await;
-        let exp = expected(all, None, |v| {
-            v["resourceType"] == "Condition"
-                && v["clinicalStatus"]["coding"][0]["code"] == "resolved"
-        });
+        let exp = expected(
+            all,
+            None,
+            |v| {
+                v["resourceType"] == "Condition"
+                    && v["clinicalStatus"]["coding"][0]["code"] == "resolved"
+            },
+            &[],
+        );
         assert_eq!(got, exp, "Patient + one _typeFilter");
     }
     // Refusals.
     let bad = [
-        ("/Group/every-third/$export", "_type=Practitioner", 400),
+        ("/Group/every-third/$export", "_type=ValueSet", 400),
+        (
+            "/Group/every-third/$export",
+            "_type=Encounter,Practitioner&_typeFilter=Practitioner%3Factive%3Dtrue",
+            400,
+        ),
         ("/Group/no-such-group/$export", "", 404),
     ];
     for (path, q, status) in bad {
@@ -412,8 +565,12 @@ async fn a_group_of_1000_searches_by_batch_not_by_patient() {
     let types = ["Patient", "Condition"];
     assert_eq!(
         got,
-        expected(&all, Some(&members), |v| types
-            .contains(&v["resourceType"].as_str().unwrap()))
+        expected(
+            &all,
+            Some(&members),
+            |v| types.contains(&v["resourceType"].as_str().unwrap()),
+            &[]
+        )
     );
     let stats = fixture.stats().await;
     let initial: u64 = stats["initialSearches"]

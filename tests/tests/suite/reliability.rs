@@ -238,6 +238,12 @@ impl ObjectStore for FlakyObjects {
     async fn delete_prefix(&self, prefix: &str) -> Result<(), ObjectError> {
         self.inner.delete_prefix(prefix).await
     }
+    async fn get_object(&self, key: &str) -> Result<Option<Bytes>, ObjectError> {
+        self.inner.get_object(key).await
+    }
+    async fn list_keys(&self, prefix: &str) -> Result<Vec<String>, ObjectError> {
+        self.inner.list_keys(prefix).await
+    }
 }
 
 /// Job store wrapper that throttles a seeded share of chain reads and writes.
