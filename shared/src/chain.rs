@@ -171,8 +171,7 @@ async fn run_step_once(
         tracing::info_span!("step", job_id = %job.id, chain = %chain.chain_id, step = chain.step);
     let _enter = span.enter();
     let cfg = &svc.config;
-    let since = job.request.since.as_deref().and_then(parse_instant);
-    let until = effective_until(&job);
+    let (since, until) = chain_window(&job, &chain);
     let filters: Vec<TypeFilter> = job
         .request
         .type_filters
@@ -217,6 +216,19 @@ async fn run_step_once(
     } else {
         chain.total
     };
+    if chain.step == 0
+        && chain.cursor.is_none()
+        && chain.partition.is_none()
+        && chain.batch.is_none()
+        && !chain.referenced
+        && filters.is_empty()
+        && cfg.max_partitions > 1
+        && svc.source.supports_time_partitions()
+        && let Some(total) = total.filter(|t| *t > cfg.partition_target)
+    {
+        drop(_enter);
+        return split_into_partitions(svc, &job, chain, (since, until), total).await;
+    }
 
     // Roll before appending: a file never grows past the limit.
     let roll = chain
@@ -410,6 +422,122 @@ async fn run_step_once(
             step: chain.step,
         })
         .await?;
+    Ok(StepOutcome::Continued)
+}
+
+/// The `_lastUpdated` window of a chain: the job's, narrowed to the chain's
+/// partition.
+fn chain_window(job: &Job, chain: &Chain) -> (Option<OffsetDateTime>, OffsetDateTime) {
+    let mut since = job.request.since.as_deref().and_then(parse_instant);
+    let mut until = effective_until(job);
+    if let Some(p) = &chain.partition {
+        if let Some(after) = p.after.as_deref().and_then(parse_instant) {
+            since = Some(since.map_or(after, |s| s.max(after)));
+        }
+        if let Some(upto) = p.upto.as_deref().and_then(parse_instant) {
+            until = until.min(upto);
+        }
+    }
+    (since, until)
+}
+
+/// Splits a large type's chain into `_lastUpdated` partitions: this chain
+/// keeps the first, sibling chains take the rest, in one transaction (a
+/// retried split finds the siblings and loses its version check).
+async fn split_into_partitions(
+    svc: &ExportServices,
+    job: &Job,
+    mut chain: Chain,
+    (since, until): (Option<OffsetDateTime>, OffsetDateTime),
+    total: u64,
+) -> Result<StepOutcome, StepError> {
+    let cfg = &svc.config;
+    let ty = chain.resource_type.clone();
+    let scope = job.scope.clone();
+    let count = |after: Option<OffsetDateTime>, upto: OffsetDateTime| {
+        let ty = ty.clone();
+        let scope = scope.clone();
+        async move {
+            let req = PageRequest {
+                resource_type: &ty,
+                cursor: None,
+                since: after,
+                until: upto,
+                type_filters: &[],
+                page_size: 1,
+                scope: &scope,
+                batch: None,
+            };
+            svc.source.estimate(&req).await?.ok_or_else(|| {
+                SourceError::Permanent("the source gave no count for a partition probe".into())
+            })
+        }
+    };
+    let ranges = match crate::partition::plan(
+        since,
+        until,
+        total,
+        cfg.partition_target,
+        cfg.max_partitions,
+        count,
+    )
+    .await
+    {
+        Ok(r) => r,
+        Err(e) => {
+            // Exporting as one chain is slower, never wrong.
+            tracing::warn!(job_id = %job.id, chain = %chain.chain_id, error = %e, "partition probes failed; one chain");
+            vec![]
+        }
+    };
+    let last = ranges.len().saturating_sub(1);
+    if let Some(first) = ranges.first().filter(|_| ranges.len() > 1) {
+        chain.partition = Some(first.partition(false));
+        chain.total = Some(first.count);
+    } else {
+        // Nothing to split: mark the chain so the next step does not probe again.
+        chain.partition = Some(crate::job::Partition {
+            after: None,
+            upto: None,
+        });
+        chain.total = Some(total);
+    }
+    let siblings: Vec<Chain> = ranges
+        .iter()
+        .enumerate()
+        .skip(1)
+        .map(|(i, r)| {
+            let mut c = new_chain(
+                &job.id,
+                &format!("{}.p{i}", chain.chain_id),
+                &chain.resource_type,
+            );
+            c.partition = Some(r.partition(i == last));
+            c.total = Some(r.count);
+            c
+        })
+        .collect();
+    chain.step += 1;
+    chain.heartbeat = unix_now();
+    match svc
+        .store
+        .split_chain(&mut chain, &siblings, job.expires_at)
+        .await
+    {
+        Ok(()) => {}
+        Err(StoreError::Conflict) => return Ok(StepOutcome::Stale),
+        Err(e) => return Err(e.into()),
+    }
+    tracing::info!(job_id = %job.id, chain = %chain.chain_id, partitions = siblings.len() + 1, "type split into partitions");
+    for c in siblings.iter().chain(std::iter::once(&chain)) {
+        svc.continuation
+            .schedule(StepEvent {
+                job_id: job.id.clone(),
+                chain_id: c.chain_id.clone(),
+                step: c.step,
+            })
+            .await?;
+    }
     Ok(StepOutcome::Continued)
 }
 
@@ -706,6 +834,7 @@ pub fn new_chain(job_id: &str, chain_id: &str, resource_type: &str) -> Chain {
         heartbeat: now_millis().unix_timestamp(),
         restarts: 0,
         visited: Vec::new(),
+        partition: None,
         referenced: false,
         version: 0,
     }

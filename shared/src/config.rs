@@ -38,6 +38,11 @@ pub struct ExportConfig {
     pub max_queued_jobs: usize,
     /// Member patients named in one upstream compartment query.
     pub patient_batch_size: usize,
+    /// Resources per partition: a type whose count exceeds it is split into
+    /// `_lastUpdated` ranges, one chain each (FHIR-server source).
+    pub partition_target: u64,
+    /// Most partitions (chains) one resource type is split into.
+    pub max_partitions: usize,
     /// Largest accepted request body.
     pub max_body_bytes: usize,
     /// Longest accepted request URL.
@@ -61,6 +66,8 @@ impl Default for ExportConfig {
             max_running_per_client: 16,
             max_queued_jobs: 256,
             patient_batch_size: 50,
+            partition_target: 100_000,
+            max_partitions: 16,
             max_body_bytes: 1024 * 1024,
             max_url_bytes: 8 * 1024,
         }
@@ -144,6 +151,12 @@ impl ExportConfig {
         if let Some(v) = env_num(get, "BULK_EXPORT_MAX_QUEUED_JOBS")? {
             c.max_queued_jobs = v;
         }
+        if let Some(v) = env_num(get, "BULK_EXPORT_PARTITION_TARGET")? {
+            c.partition_target = v;
+        }
+        if let Some(v) = env_num(get, "BULK_EXPORT_MAX_PARTITIONS")? {
+            c.max_partitions = v;
+        }
         c.validate()?;
         Ok(c)
     }
@@ -170,6 +183,18 @@ impl ExportConfig {
             return Err(err(
                 "BULK_EXPORT_PAGE_SIZE",
                 "must be between 1 and 10000".into(),
+            ));
+        }
+        if self.partition_target == 0 {
+            return Err(err(
+                "BULK_EXPORT_PARTITION_TARGET",
+                "must be at least 1".into(),
+            ));
+        }
+        if !(1..=64).contains(&self.max_partitions) {
+            return Err(err(
+                "BULK_EXPORT_MAX_PARTITIONS",
+                "must be between 1 and 64".into(),
             ));
         }
         if !(self.base_url.starts_with("http://") || self.base_url.starts_with("https://")) {

@@ -125,6 +125,16 @@ impl ChainState {
     }
 }
 
+/// A `_lastUpdated` range `(after, upto]` of one partition of a type; `None`
+/// bounds are the job's own (`_since`, and `_until` or the transaction time).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Partition {
+    /// Exclusive lower bound (instant), if narrower than the job's.
+    pub after: Option<String>,
+    /// Inclusive upper bound (instant), if narrower than the job's.
+    pub upto: Option<String>,
+}
+
 /// A multipart upload a chain is appending to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OpenFile {
@@ -186,6 +196,10 @@ pub struct Chain {
     /// Hashes of the page cursors followed (most recent last), to detect loops.
     #[serde(default)]
     pub visited: Vec<u64>,
+    /// The `_lastUpdated` range this chain covers when its type was split
+    /// into partitions.
+    #[serde(default)]
+    pub partition: Option<Partition>,
     /// Exports the resources of its type referenced from the job's other
     /// chains' output, instead of a search of the source.
     #[serde(default)]

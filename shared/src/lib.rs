@@ -27,6 +27,7 @@ pub mod manifest;
 pub mod ndjson_page;
 pub mod object_store;
 pub mod outcome;
+pub mod partition;
 pub mod referenced;
 pub mod resource_types;
 pub mod schedule;

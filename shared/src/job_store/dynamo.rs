@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType,
+    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, Put,
     ScalarAttributeType, TimeToLiveSpecification, TransactWriteItem, Update,
 };
 use std::collections::HashMap;
@@ -395,6 +395,52 @@ impl JobStore for DynamoJobStore {
             .send()
             .await;
         match resp {
+            Ok(_) => {
+                chain.version += 1;
+                Ok(())
+            }
+            Err(e) if is_conditional_failure(&e) => Err(StoreError::Conflict),
+            Err(e) => Err(backend(e)),
+        }
+    }
+
+    async fn split_chain(
+        &self,
+        chain: &mut Chain,
+        new: &[Chain],
+        expires_at: i64,
+    ) -> Result<(), StoreError> {
+        let job_update = Update::builder()
+            .table_name(&self.table)
+            .key("pk", pk(&chain.job_id))
+            .key("sk", s(JOB_SK))
+            .update_expression("ADD remaining :more")
+            .expression_attribute_values(":more", n(new.len()))
+            .build()
+            .map_err(backend)?;
+        let mut tx = self
+            .client
+            .transact_write_items()
+            .transact_items(
+                TransactWriteItem::builder()
+                    .update(self.chain_update(chain)?)
+                    .build(),
+            )
+            .transact_items(TransactWriteItem::builder().update(job_update).build());
+        for c in new {
+            let put = Put::builder()
+                .table_name(&self.table)
+                .item("pk", pk(&c.job_id))
+                .item("sk", s(format!("CHAIN#{}", c.chain_id)))
+                .item("doc", s(encode(c)?))
+                .item("version", n(0))
+                .item("ttl", n(expires_at))
+                .condition_expression("attribute_not_exists(pk)")
+                .build()
+                .map_err(backend)?;
+            tx = tx.transact_items(TransactWriteItem::builder().put(put).build());
+        }
+        match tx.send().await {
             Ok(_) => {
                 chain.version += 1;
                 Ok(())

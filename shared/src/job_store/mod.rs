@@ -45,6 +45,15 @@ pub trait JobStore: Send + Sync {
     async fn save_chain(&self, chain: &mut Chain) -> Result<(), StoreError>;
     /// Like `save_chain`, and atomically counts the chain as finished on its job.
     async fn finish_chain(&self, chain: &mut Chain) -> Result<(), StoreError>;
+    /// Atomically saves `chain` (narrowed to its first partition; version
+    /// checked), creates `new` sibling chains (none may exist yet) and counts
+    /// them on the job; `expires_at` is the job's expiry.
+    async fn split_chain(
+        &self,
+        chain: &mut Chain,
+        new: &[Chain],
+        expires_at: i64,
+    ) -> Result<(), StoreError>;
     /// Records a completed file (idempotent).
     async fn put_file(&self, job_id: &str, file: &FileRecord) -> Result<(), StoreError>;
     /// Every completed file of a job.

@@ -597,6 +597,10 @@ impl Source for FhirServerSource {
         true
     }
 
+    fn supports_time_partitions(&self) -> bool {
+        true
+    }
+
     fn supports_type_filter(&self) -> bool {
         true
     }

@@ -121,4 +121,9 @@ pub trait Source: Send + Sync {
     fn supports_type_filter(&self) -> bool;
     /// True if compartment exports run one chain per batch of patients.
     fn queries_by_patient_batch(&self) -> bool;
+    /// True if `_lastUpdated` ranges are cheap to count and query separately
+    /// (a search index), so large types can be split into parallel chains.
+    fn supports_time_partitions(&self) -> bool {
+        false
+    }
 }

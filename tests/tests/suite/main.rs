@@ -11,6 +11,7 @@ mod export_e2e;
 mod fhir_source;
 mod hostile_input;
 mod lambda_events;
+mod partitions;
 mod reliability;
 mod s3_source;
 mod template;

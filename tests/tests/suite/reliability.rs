@@ -304,6 +304,15 @@ impl JobStore for ThrottledStore {
         self.fault()?;
         self.inner.finish_chain(chain).await
     }
+    async fn split_chain(
+        &self,
+        chain: &mut Chain,
+        new: &[Chain],
+        expires_at: i64,
+    ) -> Result<(), StoreError> {
+        self.fault()?;
+        self.inner.split_chain(chain, new, expires_at).await
+    }
     async fn put_file(&self, j: &str, f: &FileRecord) -> Result<(), StoreError> {
         self.fault()?;
         self.inner.put_file(j, f).await
