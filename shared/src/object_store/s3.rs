@@ -101,6 +101,39 @@ impl S3ObjectStore {
         }
     }
 
+    /// True if `upload_id` is an in-progress multipart upload of `key`.
+    async fn upload_listed(&self, key: &str, upload_id: &str) -> Result<bool, ObjectError> {
+        let mut key_marker: Option<String> = None;
+        let mut id_marker: Option<String> = None;
+        loop {
+            let resp = self
+                .client
+                .list_multipart_uploads()
+                .bucket(&self.bucket)
+                .prefix(key)
+                .set_key_marker(key_marker.take())
+                .set_upload_id_marker(id_marker.take())
+                .send()
+                .await
+                .map_err(backend)?;
+            if resp
+                .uploads()
+                .iter()
+                .any(|u| u.key() == Some(key) && u.upload_id() == Some(upload_id))
+            {
+                return Ok(true);
+            }
+            if resp.is_truncated() != Some(true) {
+                return Ok(false);
+            }
+            key_marker = resp.next_key_marker().map(str::to_string);
+            id_marker = resp.next_upload_id_marker().map(str::to_string);
+            if key_marker.is_none() && id_marker.is_none() {
+                return Ok(false);
+            }
+        }
+    }
+
     /// The underlying client (tests inspect uploads and parts with it).
     pub fn client(&self) -> &Client {
         &self.client
@@ -152,6 +185,17 @@ impl ObjectStore for S3ObjectStore {
                 .map(str::to_string)
                 .ok_or_else(|| ObjectError::Backend("no ETag".into())),
             Err(e) if upload_gone(&e) => Err(ObjectError::NoSuchUpload),
+            // Some S3-compatible stores (moto) fail with a bare 500 for an
+            // upload that is gone: ask the store whether it still exists.
+            Err(e)
+                if e.raw_response()
+                    .is_some_and(|r| r.status().is_server_error()) =>
+            {
+                match self.upload_listed(key, upload_id).await {
+                    Ok(false) => Err(ObjectError::NoSuchUpload),
+                    _ => Err(backend(e)),
+                }
+            }
             Err(e) => Err(backend(e)),
         }
     }

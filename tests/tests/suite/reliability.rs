@@ -386,7 +386,10 @@ async fn expired_exports_answer_404() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn polling_too_fast_gets_429_and_the_job_goes_on() {
-    let (_dir, src, stack) = ndjson_stack("polls", 10, 1, small_config(), 0).await;
+    // A window wide enough for the burst to land in it on a slow store too.
+    let mut config = small_config();
+    config.retry_after_secs = 5;
+    let (_dir, src, stack) = ndjson_stack("polls", 10, 1, config, 0).await;
     let svc = stack.services.clone();
     let status_url = kickoff(&stack.base_url, "_type=Patient").await;
     let mut codes = Vec::new();
