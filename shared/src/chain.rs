@@ -13,9 +13,11 @@ use crate::job::{
 use crate::job_store::StoreError;
 use crate::object_store::ObjectError;
 use crate::outcome::{Severity, operation_outcome};
+use crate::prefetch::{PageQuery, Prefetch};
 use crate::services::ExportServices;
-use crate::source::{PageRequest, PatientScope, SourceError};
+use crate::source::{PageRequest, SourceError};
 use bytes::Bytes;
+use std::sync::Arc;
 use std::time::Duration;
 use time::OffsetDateTime;
 use tokio::time::Instant;
@@ -180,36 +182,18 @@ async fn run_step_once(
         .cloned()
         .collect();
     let resource_type = chain.resource_type.clone();
-    fn page_request<'a>(
-        resource_type: &'a str,
-        cursor: Option<&'a str>,
-        window: (Option<OffsetDateTime>, OffsetDateTime),
-        filters: &'a [TypeFilter],
-        page_size: usize,
-        scope: (&'a PatientScope, Option<&'a [String]>),
-    ) -> PageRequest<'a> {
-        PageRequest {
-            scope: scope.0,
-            batch: scope.1,
-            resource_type,
-            cursor,
-            since: window.0,
-            until: window.1,
-            type_filters: filters,
-            page_size,
-        }
-    }
-    let batch = chain.batch.clone();
+    let query = PageQuery {
+        source: svc.source.clone(),
+        resource_type: Arc::from(resource_type.as_str()),
+        window: (since, until),
+        filters: Arc::from(filters.as_slice()),
+        page_size: cfg.page_size,
+        scope: Arc::new(job.scope.clone()),
+        batch: chain.batch.as_deref().map(Arc::from),
+    };
     let total = if chain.step == 0 && chain.total.is_none() && !chain.referenced {
         svc.source
-            .estimate(&page_request(
-                &resource_type,
-                None,
-                (since, until),
-                &filters,
-                cfg.page_size,
-                (&job.scope, batch.as_deref()),
-            ))
+            .estimate(&query.request(None))
             .await
             .ok()
             .flatten()
@@ -244,20 +228,14 @@ async fn run_step_once(
     let mut exhausted = false;
     let mut visited: Vec<u64> = Vec::new();
     let room = if roll { cfg.max_file_size } else { room_before };
+    let mut prefetched: Option<Prefetch> = None;
     for _ in 0..MAX_PAGES_PER_STEP {
-        let fetched = if chain.referenced {
+        let fetched = if let Some(p) = prefetched.take() {
+            p.page().await
+        } else if chain.referenced {
             crate::referenced::fetch_page(svc, &job, &resource_type, cursor.as_deref()).await
         } else {
-            svc.source
-                .fetch_page(&page_request(
-                    &resource_type,
-                    cursor.as_deref(),
-                    (since, until),
-                    &filters,
-                    cfg.page_size,
-                    (&job.scope, batch.as_deref()),
-                ))
-                .await
+            query.fetch(cursor.as_deref()).await
         };
         let page = match fetched {
             Ok(p) => p,
@@ -269,6 +247,17 @@ async fn run_step_once(
         let start = offset_after_lines(&page.ndjson, skip);
         let data = &page.ndjson[start..];
         let lines = page.count.saturating_sub(skip);
+        // The loop goes on after this page exactly when it fits whole and the
+        // part is not full yet: fetch the next one meanwhile.
+        let after = buf.len() + data.len();
+        if !chain.referenced
+            && after <= room
+            && after < cfg.part_size
+            && deadline.is_none_or(|d| Instant::now() + DEADLINE_RESERVE < d)
+            && let Some(next) = &page.next
+        {
+            prefetched = Some(query.spawn(next.clone()));
+        }
         if buf.len() + data.len() <= room {
             buf.extend_from_slice(data);
             count += lines;
@@ -278,6 +267,9 @@ async fn run_step_once(
                     // A `next` link that returns to any earlier page would loop forever.
                     let h = fnv1a(next.as_bytes());
                     if chain.visited.contains(&h) {
+                        if let Some(p) = prefetched.take() {
+                            p.cancel();
+                        }
                         let e = SourceError::Permanent(
                             "upstream next link loops back to an earlier page".into(),
                         );
@@ -324,6 +316,11 @@ async fn run_step_once(
         if deadline.is_some_and(|d| Instant::now() + DEADLINE_RESERVE >= d) {
             break;
         }
+    }
+
+    if let Some(p) = prefetched.take() {
+        // Only a loop or a failure ends the step with a fetch in flight.
+        p.cancel();
     }
 
     if roll && let Some(open) = chain.open_file.take() {

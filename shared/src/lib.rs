@@ -28,6 +28,7 @@ pub mod ndjson_page;
 pub mod object_store;
 pub mod outcome;
 pub mod partition;
+pub mod prefetch;
 pub mod referenced;
 pub mod resource_types;
 pub mod schedule;

@@ -1,0 +1,73 @@
+//! The source query of one chain step, owned so the next page can be fetched
+//! on another task while the current one is copied into the part buffer.
+
+use crate::export_request::TypeFilter;
+use crate::source::{Page, PageRequest, PatientScope, Source, SourceError};
+use std::sync::Arc;
+use time::OffsetDateTime;
+use tokio::task::JoinHandle;
+
+/// Everything a step's page requests share but the cursor.
+#[derive(Clone)]
+pub struct PageQuery {
+    /// The source read.
+    pub source: Arc<dyn Source>,
+    /// Resource type.
+    pub resource_type: Arc<str>,
+    /// `_lastUpdated` window `(since, until]`.
+    pub window: (Option<OffsetDateTime>, OffsetDateTime),
+    /// `_typeFilter` queries of the type.
+    pub filters: Arc<[TypeFilter]>,
+    /// Resources per page.
+    pub page_size: usize,
+    /// Compartment restriction.
+    pub scope: Arc<PatientScope>,
+    /// Member batch of a batched compartment chain.
+    pub batch: Option<Arc<[String]>>,
+}
+
+/// A page being fetched in the background.
+pub struct Prefetch(JoinHandle<Result<Page, SourceError>>);
+
+impl PageQuery {
+    /// The request for the page at `cursor`.
+    pub fn request<'a>(&'a self, cursor: Option<&'a str>) -> PageRequest<'a> {
+        PageRequest {
+            resource_type: &self.resource_type,
+            cursor,
+            since: self.window.0,
+            until: self.window.1,
+            type_filters: &self.filters,
+            page_size: self.page_size,
+            scope: &self.scope,
+            batch: self.batch.as_deref(),
+        }
+    }
+
+    /// Fetches the page at `cursor`.
+    pub async fn fetch(&self, cursor: Option<&str>) -> Result<Page, SourceError> {
+        self.source.fetch_page(&self.request(cursor)).await
+    }
+
+    /// Starts fetching the page at `cursor` on its own task.
+    pub fn spawn(&self, cursor: String) -> Prefetch {
+        let query = self.clone();
+        Prefetch(tokio::spawn(
+            async move { query.fetch(Some(&cursor)).await },
+        ))
+    }
+}
+
+impl Prefetch {
+    /// The fetched page.
+    pub async fn page(self) -> Result<Page, SourceError> {
+        self.0
+            .await
+            .unwrap_or_else(|e| Err(SourceError::Exhausted(format!("page fetch task: {e}"))))
+    }
+
+    /// Stops a fetch whose page is no longer wanted.
+    pub fn cancel(self) {
+        self.0.abort();
+    }
+}
