@@ -146,6 +146,7 @@ async fn start_stack(
     source: SourceSpec,
     workers: usize,
     endpoints: Option<Endpoints>,
+    config: ExportConfig,
 ) -> Result<Stack, String> {
     std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
     let (endpoints, use_embedded) = match endpoints {
@@ -159,13 +160,22 @@ async fn start_stack(
         base_url: None,
         endpoints,
         use_embedded,
-        config: ExportConfig::default(),
+        config,
         workers,
         stall_timeout: Duration::from_secs(600),
         auth: no_auth(),
     })
     .await
     .map_err(|e| e.to_string())
+}
+
+/// What one measured export asks for and with which settings.
+#[derive(Debug, Clone, Default)]
+struct Shape {
+    /// Kick-off query string (empty: every type).
+    query: String,
+    /// Exporter settings.
+    config: ExportConfig,
 }
 
 /// One measured export.
@@ -205,6 +215,7 @@ async fn drive_export(
     poll_base: &str,
     monitor: &ExportServices,
     expected: Option<&Summary>,
+    query: &str,
 ) -> Result<ExportRun, String> {
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(120))
@@ -213,7 +224,11 @@ async fn drive_export(
         .map_err(|e| e.to_string())?;
     let t0 = Instant::now();
     let resp = http
-        .get(format!("{kick_base}/$export"))
+        .get(if query.is_empty() {
+            format!("{kick_base}/$export")
+        } else {
+            format!("{kick_base}/$export?{query}")
+        })
         .header("Accept", "application/fhir+json")
         .header("Prefer", "respond-async")
         .send()
@@ -323,7 +338,7 @@ async fn export_runs(
     label: &str,
     dir: &Path,
     source: SourceSpec,
-    workers: usize,
+    (workers, shape): (usize, &Shape),
     expected: &Summary,
     fixture: Option<&FixtureHandle>,
     repeat: usize,
@@ -331,7 +346,17 @@ async fn export_runs(
     let mut runs = Vec::new();
     for i in 0..repeat.max(1) {
         let d = dir.join(format!("rep-{i}"));
-        runs.push(export_run(label, &d, source.clone(), workers, expected, fixture).await?);
+        runs.push(
+            export_run(
+                label,
+                &d,
+                source.clone(),
+                (workers, shape),
+                expected,
+                fixture,
+            )
+            .await?,
+        );
     }
     runs.sort_by(|a, b| a.elapsed.total_cmp(&b.elapsed));
     let spread = (runs[0].elapsed, runs[runs.len() - 1].elapsed);
@@ -345,11 +370,11 @@ async fn export_run(
     label: &str,
     dir: &Path,
     source: SourceSpec,
-    workers: usize,
+    (workers, shape): (usize, &Shape),
     expected: &Summary,
     fixture: Option<&FixtureHandle>,
 ) -> Result<ExportRun, String> {
-    let stack = start_stack(dir, source, workers, None).await?;
+    let stack = start_stack(dir, source, workers, None, shape.config.clone()).await?;
     if let Some(f) = fixture {
         f.reset_stats();
     }
@@ -358,6 +383,7 @@ async fn export_run(
         &stack.base_url,
         &stack.services,
         Some(expected),
+        &shape.query,
     )
     .await?;
     run.label = label.to_string();
@@ -547,6 +573,7 @@ async fn counted_run(
             s3: Some(s3_proxy),
             static_credentials: creds.clone(),
         }),
+        ExportConfig::default(),
     )
     .await?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -585,6 +612,7 @@ async fn counted_run(
         &poll_base,
         &poller.services,
         Some(expected),
+        "",
     )
     .await?;
     let (d1, s1) = (dc.snapshot(), sc.snapshot());
@@ -630,10 +658,11 @@ async fn child_main(args: &Args) -> Result<(), String> {
         SourceSpec::Fhir { base, token: None },
         args.child_workers,
         None,
+        ExportConfig::default(),
     )
     .await?;
     let hwm_start = vm_hwm_kb();
-    let run = drive_export(&stack.base_url, &stack.base_url, &stack.services, None).await?;
+    let run = drive_export(&stack.base_url, &stack.base_url, &stack.services, None, "").await?;
     let hwm_end = vm_hwm_kb();
     println!(
         "BENCH_CHILD {}",
@@ -1040,6 +1069,7 @@ async fn parent_main(args: Args) -> Result<String, String> {
     );
 
     // 4. Exports.
+    let system = Shape::default();
     let mut runs = Vec::new();
     for &w in &args.workers {
         let source = SourceSpec::Fhir {
@@ -1051,7 +1081,7 @@ async fn parent_main(args: Args) -> Result<String, String> {
                 "FHIR source",
                 &work.join(format!("run-fhir-{w}")),
                 source,
-                w,
+                (w, &system),
                 &large,
                 Some(&fixture),
                 args.repeat,
@@ -1065,7 +1095,7 @@ async fn parent_main(args: Args) -> Result<String, String> {
                 "NDJSON source",
                 &work.join(format!("run-ndjson-{w}")),
                 SourceSpec::Ndjson(large_dir.clone()),
-                w,
+                (w, &system),
                 &large,
                 None,
                 args.repeat,
@@ -1090,6 +1120,64 @@ async fn parent_main(args: Args) -> Result<String, String> {
             r.patients, r.resources, r.hwm_end_kb, r.hwm_start_kb
         );
     }
+    // 9a. One chain against the bare client (0 ms), Observation only.
+    let obs_types = vec!["Observation".to_string()];
+    let obs: Summary = large
+        .iter()
+        .filter(|(t, _)| t.as_str() == "Observation")
+        .map(|(t, v)| (t.clone(), *v))
+        .collect();
+    let (obs_n, obs_b) = totals(&obs);
+    let one_chain = Shape {
+        query: "_type=Observation".into(),
+        config: ExportConfig {
+            max_partitions: 1,
+            ..ExportConfig::default()
+        },
+    };
+    let split = Shape {
+        query: "_type=Observation".into(),
+        config: ExportConfig {
+            partition_target: obs_n.div_ceil(8),
+            max_partitions: 8,
+            ..ExportConfig::default()
+        },
+    };
+    let fast_source = SourceSpec::Fhir {
+        base: fixture.base_url().to_string(),
+        token: None,
+    };
+    let obs_fast = ChainScenario {
+        latency_ms: 0,
+        bare: bare_median(
+            fixture.base_url(),
+            &obs_types,
+            page_size,
+            false,
+            args.repeat,
+        )
+        .await?,
+        one: export_runs(
+            "Observation, 1 chain",
+            &work.join("run-obs-one-fast"),
+            fast_source.clone(),
+            (8, &one_chain),
+            &obs,
+            Some(&fixture),
+            args.repeat,
+        )
+        .await?,
+        split: export_runs(
+            "Observation, 8 partitions",
+            &work.join("run-obs-split-fast"),
+            fast_source,
+            (8, &split),
+            &obs,
+            Some(&fixture),
+            args.repeat,
+        )
+        .await?,
+    };
     drop(fixture);
 
     // 8. Latency scenario.
@@ -1117,7 +1205,7 @@ async fn parent_main(args: Args) -> Result<String, String> {
                 &format!("FHIR source, {} ms/page", args.latency_ms),
                 &work.join(format!("run-slow-{w}")),
                 source,
-                w,
+                (w, &system),
                 &large,
                 Some(&slow),
                 args.repeat,
@@ -1125,6 +1213,35 @@ async fn parent_main(args: Args) -> Result<String, String> {
             .await?,
         );
     }
+    // 9b. The same at the realistic latency.
+    let slow_source = SourceSpec::Fhir {
+        base: slow.base_url().to_string(),
+        token: None,
+    };
+    let obs_slow = ChainScenario {
+        latency_ms: args.latency_ms,
+        bare: bare_median(slow.base_url(), &obs_types, page_size, false, args.repeat).await?,
+        one: export_runs(
+            &format!("Observation, 1 chain, {} ms", args.latency_ms),
+            &work.join("run-obs-one-slow"),
+            slow_source.clone(),
+            (8, &one_chain),
+            &obs,
+            Some(&slow),
+            args.repeat,
+        )
+        .await?,
+        split: export_runs(
+            &format!("Observation, 8 partitions, {} ms", args.latency_ms),
+            &work.join("run-obs-split-slow"),
+            slow_source,
+            (8, &split),
+            &obs,
+            Some(&slow),
+            args.repeat,
+        )
+        .await?,
+    };
     drop(slow);
 
     if args.work_dir.is_none() {
@@ -1160,6 +1277,17 @@ async fn parent_main(args: Args) -> Result<String, String> {
             } else {
                 ""
             }
+        );
+    }
+    for c in [&obs_slow, &obs_fast] {
+        let _ = writeln!(
+            r,
+            "- One chain vs a bare client paging the same upstream (Observation, {} ms/page): \
+             upstream-bound ratio **{:.2}**; split into {} partitions: {:.2}× faster than one chain.",
+            c.latency_ms,
+            c.ratio(),
+            c.split.chains,
+            c.speed_up()
         );
     }
     if let Some((one, eight)) = speed_up(&slow_runs) {
@@ -1346,7 +1474,73 @@ async fn parent_main(args: Args) -> Result<String, String> {
     }
     let _ = writeln!(r, "\n### Per type at {} ms/page\n", args.latency_ms);
     r.push_str(&per_type_table(&slow_runs));
+    r.push_str(&chain_section(
+        &[&obs_fast, &obs_slow],
+        obs_n,
+        obs_b,
+        page_size,
+    ));
     Ok(r)
+}
+
+/// One chain against the bare client, and the same type split into partitions.
+struct ChainScenario {
+    latency_ms: u64,
+    bare: Bare,
+    one: ExportRun,
+    split: ExportRun,
+}
+
+impl ChainScenario {
+    /// Exporter throughput ÷ bare-client throughput for one chain.
+    fn ratio(&self) -> f64 {
+        self.bare.elapsed / self.one.elapsed.max(1e-9)
+    }
+    /// One chain's time ÷ the partitioned export's time.
+    fn speed_up(&self) -> f64 {
+        self.one.elapsed / self.split.elapsed.max(1e-9)
+    }
+}
+
+fn chain_section(rows: &[&ChainScenario], n: u64, bytes: u64, page_size: usize) -> String {
+    let mut t = String::new();
+    let _ = writeln!(
+        t,
+        "\n## One chain vs the upstream, and partitions\n\n\
+         `_type=Observation` ({n} resources, {:.1} MB), 8 workers. *Bare client*: one stream \
+         paging `Observation?_count={page_size}` and discarding the bytes. *1 chain*: \
+         `max_partitions = 1`, so the whole type is one sequential chain (kick-off to manifest, \
+         including kick-off, the final file completion and the 50 ms status polling). \
+         *Partitions*: `partition_target = {}`, `max_partitions = 8`: the first step probes \
+         `_summary=count` over `_lastUpdated` ranges and splits the type into chains. \
+         Upstream-bound ratio = bare-client time ÷ 1-chain time (target ≥ 0.9). The fixture's \
+         latency applies to page searches only, not to the `_summary=count` probes, which a real \
+         server also answers more slowly.\n",
+        bytes as f64 / MB,
+        n.div_ceil(8)
+    );
+    t.push_str(
+        "| latency per page | bare client (s) | 1 chain (s) | **ratio** | partitions | partitioned (s) | speed-up | upstream searches (1 chain / partitioned) | verified |\n\
+         |---:|---:|---:|---:|---:|---:|---:|---:|---|\n",
+    );
+    for c in rows {
+        let _ = writeln!(
+            t,
+            "| {} ms | {:.3} | {:.3} | **{:.2}** | {} | {:.3} | {:.2}× | {} / {} | {} / {} |",
+            c.latency_ms,
+            c.bare.elapsed,
+            c.one.elapsed,
+            c.ratio(),
+            c.split.chains,
+            c.split.elapsed,
+            c.speed_up(),
+            c.one.upstream.searches.values().sum::<u64>(),
+            c.split.upstream.searches.values().sum::<u64>(),
+            c.one.verified,
+            c.split.verified
+        );
+    }
+    t
 }
 
 fn init_tracing() {
