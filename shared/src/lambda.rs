@@ -6,6 +6,8 @@ use crate::caller::Caller;
 use crate::chain::run_step;
 use crate::config::ExportConfig;
 use crate::continuation::lambda::LambdaContinuation;
+use crate::failed_step_queue::{DrainError, FailedStepQueue};
+use crate::failed_steps::DrainReport;
 use crate::job::StepEvent;
 use crate::job_store::dynamo::DynamoJobStore;
 use crate::object_store::s3::S3ObjectStore;
@@ -60,13 +62,17 @@ pub async fn services_from_env() -> Result<ExportServices, StartupError> {
         Ok(s) if s.starts_with("s3://") => Arc::new(NdjsonSource::s3(
             crate::source::ndjson_location::S3Prefix::parse(s3, &s).map_err(StartupError)?,
         )),
-        Ok(s) if s.starts_with("http://") || s.starts_with("https://") => Arc::new(
-            FhirServerSource::new(s, None, RetryPolicy::default())
-                .map_err(|e| StartupError(e.to_string()))?
-                .with_auth(
-                    crate::source::upstream_auth::UpstreamAuth::from_env().map_err(StartupError)?,
-                ),
-        ),
+        Ok(s) if s.starts_with("http://") || s.starts_with("https://") => {
+            let ssm = aws_sdk_ssm::Client::new(&sdk);
+            let auth = crate::upstream_secrets::upstream_auth(&ssm, &|k| std::env::var(k).ok())
+                .await
+                .map_err(StartupError)?;
+            Arc::new(
+                FhirServerSource::new(s, None, RetryPolicy::default())
+                    .map_err(|e| StartupError(e.to_string()))?
+                    .with_auth(auth),
+            )
+        }
         _ => {
             return Err(StartupError(
                 "BULK_EXPORT_SOURCE must be an http(s) FHIR base URL, s3://bucket/prefix or ndjson:<dir>".into(),
@@ -257,12 +263,28 @@ pub async fn worker_handler(
 /// Handles one watchdog tick.
 pub async fn watchdog_handler(
     svc: &ExportServices,
-) -> Result<SweepReport, crate::chain::StepError> {
+    failed: Option<&FailedStepQueue>,
+) -> Result<(SweepReport, DrainReport), DrainError> {
     let stall = std::env::var("BULK_EXPORT_STALL_SECS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(600);
-    sweep(svc, Duration::from_secs(stall)).await
+    // Failed steps first: delivered again now, they are not stalls later.
+    let drained = match failed {
+        Some(q) => q.drain(svc).await?,
+        None => DrainReport::default(),
+    };
+    Ok((sweep(svc, Duration::from_secs(stall)).await?, drained))
+}
+
+/// The worker's on-failure destination queue named by
+/// `BULK_EXPORT_FAILED_STEPS_QUEUE_URL`, if set.
+pub async fn failed_step_queue_from_env() -> Option<FailedStepQueue> {
+    let url = std::env::var("BULK_EXPORT_FAILED_STEPS_QUEUE_URL")
+        .ok()
+        .filter(|u| !u.is_empty())?;
+    let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+    Some(FailedStepQueue::new(aws_sdk_sqs::Client::new(&sdk), url))
 }
 
 /// Runs an API function (kick-off, status or cancel): services are built once

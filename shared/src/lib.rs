@@ -16,6 +16,9 @@ pub mod config;
 pub mod continuation;
 pub mod download;
 pub mod export_request;
+#[cfg(feature = "lambda")]
+pub mod failed_step_queue;
+pub mod failed_steps;
 pub mod group;
 pub mod instant;
 pub mod job;
@@ -36,4 +39,6 @@ pub mod scopes;
 pub mod services;
 pub mod source;
 pub mod status;
+#[cfg(feature = "lambda")]
+pub mod upstream_secrets;
 pub mod watchdog;

@@ -136,19 +136,35 @@ impl ClientCredentials {
     }
 }
 
+/// Where the upstream's private key comes from when it is not a file.
+pub type KeySource<'a> = &'a dyn Fn() -> Option<Result<Vec<u8>, String>>;
+
 impl UpstreamAuth {
     /// Reads `BULK_EXPORT_UPSTREAM_TOKEN`, or the client-credentials set
     /// `BULK_EXPORT_UPSTREAM_TOKEN_URL`, `_CLIENT_ID`, `_PRIVATE_KEY_FILE`
     /// (PEM), `_SCOPE` (default `system/*.read`) and `_KID`.
     pub fn from_env() -> Result<Self, String> {
-        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        Self::from_settings(&|k| std::env::var(k).ok(), &|| None)
+    }
+
+    /// Like [`UpstreamAuth::from_env`] over any variable lookup; `key` supplies
+    /// the private key (PEM) when `BULK_EXPORT_UPSTREAM_PRIVATE_KEY_FILE` is
+    /// not set (on AWS: from SSM Parameter Store).
+    pub fn from_settings(
+        get: &dyn Fn(&str) -> Option<String>,
+        key: KeySource<'_>,
+    ) -> Result<Self, String> {
+        let var = |k: &str| get(k).filter(|v| !v.is_empty());
         if let Some(token_url) = var("BULK_EXPORT_UPSTREAM_TOKEN_URL") {
             let client_id = var("BULK_EXPORT_UPSTREAM_CLIENT_ID")
                 .ok_or("BULK_EXPORT_UPSTREAM_CLIENT_ID is not set")?;
-            let key_file = var("BULK_EXPORT_UPSTREAM_PRIVATE_KEY_FILE")
-                .ok_or("BULK_EXPORT_UPSTREAM_PRIVATE_KEY_FILE is not set")?;
-            let pem = std::fs::read(&key_file)
-                .map_err(|e| format!("cannot read the upstream private key: {}", e.kind()))?;
+            let pem = match var("BULK_EXPORT_UPSTREAM_PRIVATE_KEY_FILE") {
+                Some(key_file) => std::fs::read(&key_file)
+                    .map_err(|e| format!("cannot read the upstream private key: {}", e.kind()))?,
+                None => key().ok_or(
+                    "BULK_EXPORT_UPSTREAM_PRIVATE_KEY_FILE (or _PRIVATE_KEY_PARAMETER) is not set",
+                )??,
+            };
             let scope = var("BULK_EXPORT_UPSTREAM_SCOPE").unwrap_or_else(|| "system/*.read".into());
             let cc = ClientCredentials::new(
                 &token_url,

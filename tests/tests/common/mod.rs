@@ -372,3 +372,73 @@ pub async fn ndjson_stack(
     .await;
     (dir, src, stack)
 }
+
+/// A `moto_server` of its own (SQS, SSM …), from the `.venv-test` that
+/// scripts/test.sh installs. Killed on drop.
+pub struct Moto {
+    _child: tokio::process::Child,
+    /// Its endpoint URL.
+    pub endpoint: String,
+}
+
+impl Moto {
+    pub async fn start() -> Self {
+        let bin = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv-test/bin/moto_server");
+        assert!(
+            bin.exists(),
+            "{} is missing: run ./scripts/test.sh, which installs moto[server] there",
+            bin.display()
+        );
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = tokio::process::Command::new(bin)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("moto_server starts");
+        let endpoint = format!("http://127.0.0.1:{port}");
+        for _ in 0..150 {
+            if let Ok(r) = http().get(format!("{endpoint}/moto-api/")).send().await
+                && r.status().is_success()
+            {
+                return Moto {
+                    _child: child,
+                    endpoint,
+                };
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("moto_server did not answer on {endpoint}");
+    }
+
+    pub fn sqs(&self) -> aws_sdk_sqs::Client {
+        aws_sdk_sqs::Client::from_conf(
+            aws_sdk_sqs::Config::builder()
+                .behavior_version(aws_sdk_sqs::config::BehaviorVersion::latest())
+                .region(aws_sdk_sqs::config::Region::new("us-east-1"))
+                .endpoint_url(&self.endpoint)
+                .credentials_provider(aws_sdk_sqs::config::Credentials::new(
+                    "testing", "testing", None, None, "moto",
+                ))
+                .build(),
+        )
+    }
+
+    pub fn ssm(&self) -> aws_sdk_ssm::Client {
+        aws_sdk_ssm::Client::from_conf(
+            aws_sdk_ssm::Config::builder()
+                .behavior_version(aws_sdk_ssm::config::BehaviorVersion::latest())
+                .region(aws_sdk_ssm::config::Region::new("us-east-1"))
+                .endpoint_url(&self.endpoint)
+                .credentials_provider(aws_sdk_ssm::config::Credentials::new(
+                    "testing", "testing", None, None, "moto",
+                ))
+                .build(),
+        )
+    }
+}

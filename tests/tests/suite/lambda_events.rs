@@ -119,7 +119,7 @@ async fn every_sample_event_runs_through_its_handler() {
     assert_eq!(header(&resp, "www-authenticate"), "Bearer");
 
     // The watchdog tick finds the POST job's chain waiting; nothing has stalled yet.
-    let report = watchdog_handler(svc).await.unwrap();
+    let (report, _) = watchdog_handler(svc, None).await.unwrap();
     assert!(report.jobs >= 1);
     assert_eq!(report.restarted, 0);
 

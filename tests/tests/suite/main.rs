@@ -8,6 +8,7 @@ mod api;
 mod compartment;
 mod duplicate_delivery;
 mod export_e2e;
+mod failed_steps_and_secrets;
 mod fhir_source;
 mod hostile_input;
 mod lambda_events;
