@@ -103,8 +103,21 @@ pub async fn run_step(
     ev: &StepEvent,
     deadline: Option<Instant>,
 ) -> Result<StepOutcome, StepError> {
-    match run_step_once(svc, ev, deadline).await {
-        Err(StepError::UploadLost(key)) => recover_lost_upload(svc, ev, &key).await,
+    // The step the chain is committed at as far as this invocation knows:
+    // an invocation may commit several parts before it hands over.
+    let mut committed = ev.step;
+    let at = |step| StepEvent { step, ..ev.clone() };
+    match run_step_once(svc, ev, deadline, &mut committed).await {
+        Err(StepError::UploadLost(key)) => recover_lost_upload(svc, &at(committed), &key).await,
+        // A retry of this event would find the chain moved on: hand the
+        // committed step over instead (the watchdog backs this up).
+        Err(e) if committed != ev.step => {
+            tracing::warn!(job_id = %ev.job_id, chain = %ev.chain_id, step = committed, error = %e, "step failed after earlier parts committed; handing over");
+            match svc.continuation.schedule(at(committed)).await {
+                Ok(()) => Ok(StepOutcome::Continued),
+                Err(_) => Err(e),
+            }
+        }
         other => other,
     }
 }
@@ -149,6 +162,7 @@ async fn run_step_once(
     svc: &ExportServices,
     ev: &StepEvent,
     deadline: Option<Instant>,
+    committed: &mut u64,
 ) -> Result<StepOutcome, StepError> {
     let Some(job) = svc.store.get_job(&ev.job_id).await? else {
         return Ok(StepOutcome::Stale);
@@ -214,212 +228,244 @@ async fn run_step_once(
         return split_into_partitions(svc, &job, chain, (since, until), total).await;
     }
 
-    // Roll before appending: a file never grows past the limit.
-    let roll = chain
-        .open_file
-        .as_ref()
-        .is_some_and(|open| open.bytes as usize + cfg.part_size > cfg.max_file_size);
-    let room_before = cfg.max_file_size - chain.open_file.as_ref().map_or(0, |o| o.bytes as usize);
-
-    let mut buf: Vec<u8> = Vec::with_capacity(cfg.part_size + cfg.part_size / 4);
-    let mut count = 0u64;
-    let mut cursor = chain.cursor.clone();
-    let mut skip = chain.skip;
-    let mut exhausted = false;
-    let mut visited: Vec<u64> = Vec::new();
-    let room = if roll { cfg.max_file_size } else { room_before };
+    // Several parts per invocation: the next part's first page is fetched
+    // while this part uploads and commits. Each part is still committed on
+    // its own, so a crash loses at most the part in flight.
     let mut prefetched: Option<Prefetch> = None;
-    for _ in 0..MAX_PAGES_PER_STEP {
-        let fetched = if let Some(p) = prefetched.take() {
-            p.page().await
-        } else if chain.referenced {
-            crate::referenced::fetch_page(svc, &job, &resource_type, cursor.as_deref()).await
-        } else {
-            query.fetch(cursor.as_deref()).await
-        };
-        let page = match fetched {
-            Ok(p) => p,
-            Err(e) => {
-                drop(_enter);
-                return fail_chain(svc, &job, chain, &e).await;
+    let mut parts_done = 0usize;
+    loop {
+        // Roll before appending: a file never grows past the limit.
+        let roll = chain
+            .open_file
+            .as_ref()
+            .is_some_and(|open| open.bytes as usize + cfg.part_size > cfg.max_file_size);
+        let room_before =
+            cfg.max_file_size - chain.open_file.as_ref().map_or(0, |o| o.bytes as usize);
+
+        let mut buf: Vec<u8> = Vec::with_capacity(cfg.part_size + cfg.part_size / 4);
+        let mut count = 0u64;
+        let mut cursor = chain.cursor.clone();
+        let mut skip = chain.skip;
+        let mut exhausted = false;
+        let mut visited: Vec<u64> = Vec::new();
+        let room = if roll { cfg.max_file_size } else { room_before };
+        for _ in 0..MAX_PAGES_PER_STEP {
+            let fetched = if let Some(p) = prefetched.take() {
+                p.page().await
+            } else if chain.referenced {
+                crate::referenced::fetch_page(svc, &job, &resource_type, cursor.as_deref()).await
+            } else {
+                query.fetch(cursor.as_deref()).await
+            };
+            let page = match fetched {
+                Ok(p) => p,
+                Err(e) => {
+                    drop(_enter);
+                    return fail_chain(svc, &job, chain, &e).await;
+                }
+            };
+            let start = offset_after_lines(&page.ndjson, skip);
+            let data = &page.ndjson[start..];
+            let lines = page.count.saturating_sub(skip);
+            // The loop goes on after this page exactly when it fits whole and the
+            // part is not full yet: fetch the next one meanwhile.
+            let after = buf.len() + data.len();
+            if !chain.referenced
+                && after <= room
+                && after < cfg.part_size
+                && deadline.is_none_or(|d| Instant::now() + DEADLINE_RESERVE < d)
+                && let Some(next) = &page.next
+            {
+                prefetched = Some(query.spawn(next.clone()));
             }
-        };
-        let start = offset_after_lines(&page.ndjson, skip);
-        let data = &page.ndjson[start..];
-        let lines = page.count.saturating_sub(skip);
-        // The loop goes on after this page exactly when it fits whole and the
-        // part is not full yet: fetch the next one meanwhile.
-        let after = buf.len() + data.len();
-        if !chain.referenced
-            && after <= room
-            && after < cfg.part_size
-            && deadline.is_none_or(|d| Instant::now() + DEADLINE_RESERVE < d)
-            && let Some(next) = &page.next
-        {
-            prefetched = Some(query.spawn(next.clone()));
-        }
-        if buf.len() + data.len() <= room {
-            buf.extend_from_slice(data);
-            count += lines;
-            skip = 0;
-            match page.next {
-                Some(next) => {
-                    // A `next` link that returns to any earlier page would loop forever.
-                    let h = fnv1a(next.as_bytes());
-                    if chain.visited.contains(&h) {
-                        if let Some(p) = prefetched.take() {
-                            p.cancel();
+            if buf.len() + data.len() <= room {
+                buf.extend_from_slice(data);
+                count += lines;
+                skip = 0;
+                match page.next {
+                    Some(next) => {
+                        // A `next` link that returns to any earlier page would loop forever.
+                        let h = fnv1a(next.as_bytes());
+                        if chain.visited.contains(&h) {
+                            if let Some(p) = prefetched.take() {
+                                p.cancel();
+                            }
+                            let e = SourceError::Permanent(
+                                "upstream next link loops back to an earlier page".into(),
+                            );
+                            drop(_enter);
+                            return fail_chain(svc, &job, chain, &e).await;
                         }
-                        let e = SourceError::Permanent(
-                            "upstream next link loops back to an earlier page".into(),
-                        );
-                        drop(_enter);
-                        return fail_chain(svc, &job, chain, &e).await;
+                        visited.push(h);
+                        cursor = Some(next);
                     }
-                    visited.push(h);
-                    cursor = Some(next);
-                }
-                None => {
-                    exhausted = true;
-                    break;
-                }
-            }
-        } else {
-            // Take the lines that fit; the rest of this page starts the next step.
-            let mut take = 0u64;
-            let mut end = 0usize;
-            for (i, b) in data.iter().enumerate() {
-                if *b == b'\n' {
-                    if buf.len() + i + 1 > room {
+                    None => {
+                        exhausted = true;
                         break;
                     }
-                    take += 1;
-                    end = i + 1;
                 }
+            } else {
+                // Take the lines that fit; the rest of this page starts the next step.
+                let mut take = 0u64;
+                let mut end = 0usize;
+                for (i, b) in data.iter().enumerate() {
+                    if *b == b'\n' {
+                        if buf.len() + i + 1 > room {
+                            break;
+                        }
+                        take += 1;
+                        end = i + 1;
+                    }
+                }
+                if take == 0 && buf.is_empty() {
+                    let e = SourceError::Permanent(format!(
+                        "a {} resource is larger than the file size limit",
+                        chain.resource_type
+                    ));
+                    drop(_enter);
+                    return fail_chain(svc, &job, chain, &e).await;
+                }
+                buf.extend_from_slice(&data[..end]);
+                count += take;
+                skip += take;
+                break;
             }
-            if take == 0 && buf.is_empty() {
-                let e = SourceError::Permanent(format!(
-                    "a {} resource is larger than the file size limit",
-                    chain.resource_type
-                ));
-                drop(_enter);
-                return fail_chain(svc, &job, chain, &e).await;
+            if buf.len() >= cfg.part_size {
+                break;
             }
-            buf.extend_from_slice(&data[..end]);
-            count += take;
-            skip += take;
-            break;
+            if deadline.is_some_and(|d| Instant::now() + DEADLINE_RESERVE >= d) {
+                break;
+            }
         }
-        if buf.len() >= cfg.part_size {
-            break;
-        }
-        if deadline.is_some_and(|d| Instant::now() + DEADLINE_RESERVE >= d) {
-            break;
-        }
-    }
 
-    if let Some(p) = prefetched.take() {
-        // Only a loop or a failure ends the step with a fetch in flight.
-        p.cancel();
-    }
+        // A fetch still in flight is for `cursor`, the next page to export. Start
+        // one if the next part will run in this invocation.
+        let another_part = parts_done + 1 < cfg.parts_per_invocation
+            && deadline.is_none_or(|d| Instant::now() + 2 * DEADLINE_RESERVE < d);
+        if another_part
+            && !exhausted
+            && prefetched.is_none()
+            && !chain.referenced
+            && let Some(c) = &cursor
+        {
+            prefetched = Some(query.spawn(c.clone()));
+        }
 
-    if roll && let Some(open) = chain.open_file.take() {
-        complete_file(svc, &job, &chain, &open).await?;
+        if roll && let Some(open) = chain.open_file.take() {
+            complete_file(svc, &job, &chain, &open).await?;
+            match svc.store.save_chain(&mut chain).await {
+                Ok(()) => {}
+                Err(StoreError::Conflict) => return Ok(StepOutcome::Stale),
+                Err(e) => return Err(e.into()),
+            }
+        }
+
+        // Before anything of this step is committed, so a committed step's
+        // references are always on record.
+        crate::referenced::record_step(svc, &job, &chain, &buf).await?;
+
+        let mut last_part = 0usize;
+        let mut already_completed = false;
+        if !buf.is_empty() {
+            if chain.open_file.is_none() && !open_new_file(svc, &job, &mut chain).await? {
+                return Ok(StepOutcome::Stale);
+            }
+            if let Some(open) = chain.open_file.as_mut() {
+                last_part = buf.len();
+                let part_number = open.parts.len() as u32 + 1;
+                let etag = match svc
+                    .objects
+                    .upload_part(&open.key, &open.upload_id, part_number, Bytes::from(buf))
+                    .await
+                {
+                    Ok(etag) => etag,
+                    Err(ObjectError::NoSuchUpload) => {
+                        // Only an earlier attempt or a concurrent duplicate of this
+                        // very step completes this upload: if the chain moved on,
+                        // this delivery is stale; if the object holds exactly the
+                        // committed bytes plus this part, the file is done.
+                        let now = svc.store.get_chain(&job.id, &chain.chain_id).await?;
+                        if now.is_some_and(|c| c.version != chain.version) {
+                            return Ok(StepOutcome::Stale);
+                        }
+                        let whole = open.bytes + last_part as u64;
+                        if !object_appears(svc, &open.key, Some(whole)).await? {
+                            return Err(StepError::UploadLost(open.key.clone()));
+                        }
+                        already_completed = true;
+                        String::new()
+                    }
+                    Err(e) => return Err(e.into()),
+                };
+                open.parts.push(etag);
+                open.bytes += last_part as u64;
+                open.count += count;
+            }
+        }
+        chain.cursor = cursor;
+        chain.skip = skip;
+        chain.visited.extend(visited);
+        let excess = chain.visited.len().saturating_sub(MAX_VISITED);
+        chain.visited.drain(..excess);
+        chain.exported += count;
+        chain.total = total;
+        chain.step += 1;
+        chain.heartbeat = unix_now();
+        tracing::info!(
+            resources = count,
+            bytes = last_part,
+            exhausted,
+            "step uploaded"
+        );
+
+        // A part under 5 MiB may only be the last of its file.
+        let small_tail = last_part > 0 && last_part < MIN_PART_SIZE;
+        if (exhausted || small_tail || already_completed)
+            && let Some(open) = chain.open_file.take()
+        {
+            complete_file(svc, &job, &chain, &open).await?;
+        }
+        if exhausted {
+            chain.state = ChainState::Done;
+            match svc.store.finish_chain(&mut chain).await {
+                Ok(()) => {}
+                Err(StoreError::Conflict) => return Ok(StepOutcome::Stale),
+                Err(e) => return Err(e.into()),
+            }
+            maybe_complete_job(svc, &job.id).await?;
+            return Ok(StepOutcome::Finished);
+        }
         match svc.store.save_chain(&mut chain).await {
             Ok(()) => {}
             Err(StoreError::Conflict) => return Ok(StepOutcome::Stale),
             Err(e) => return Err(e.into()),
         }
-    }
-
-    // Before anything of this step is committed, so a committed step's
-    // references are always on record.
-    crate::referenced::record_step(svc, &job, &chain, &buf).await?;
-
-    let mut last_part = 0usize;
-    let mut already_completed = false;
-    if !buf.is_empty() {
-        if chain.open_file.is_none() && !open_new_file(svc, &job, &mut chain).await? {
-            return Ok(StepOutcome::Stale);
-        }
-        if let Some(open) = chain.open_file.as_mut() {
-            last_part = buf.len();
-            let part_number = open.parts.len() as u32 + 1;
-            let etag = match svc
-                .objects
-                .upload_part(&open.key, &open.upload_id, part_number, Bytes::from(buf))
-                .await
-            {
-                Ok(etag) => etag,
-                Err(ObjectError::NoSuchUpload) => {
-                    // Only an earlier attempt or a concurrent duplicate of this
-                    // very step completes this upload: if the chain moved on,
-                    // this delivery is stale; if the object holds exactly the
-                    // committed bytes plus this part, the file is done.
-                    let now = svc.store.get_chain(&job.id, &chain.chain_id).await?;
-                    if now.is_some_and(|c| c.version != chain.version) {
-                        return Ok(StepOutcome::Stale);
+        *committed = chain.step;
+        parts_done += 1;
+        if another_part {
+            match svc.store.get_job(&job.id).await? {
+                Some(j) if j.status == JobStatus::Cancelled => {
+                    if let Some(p) = prefetched.take() {
+                        p.cancel();
                     }
-                    let whole = open.bytes + last_part as u64;
-                    if !object_appears(svc, &open.key, Some(whole)).await? {
-                        return Err(StepError::UploadLost(open.key.clone()));
-                    }
-                    already_completed = true;
-                    String::new()
+                    return cancel_chain(svc, &j, chain).await;
                 }
-                Err(e) => return Err(e.into()),
-            };
-            open.parts.push(etag);
-            open.bytes += last_part as u64;
-            open.count += count;
+                Some(_) => continue,
+                None => return Ok(StepOutcome::Stale),
+            }
         }
-    }
-    chain.cursor = cursor;
-    chain.skip = skip;
-    chain.visited.extend(visited);
-    let excess = chain.visited.len().saturating_sub(MAX_VISITED);
-    chain.visited.drain(..excess);
-    chain.exported += count;
-    chain.total = total;
-    chain.step += 1;
-    chain.heartbeat = unix_now();
-    tracing::info!(
-        resources = count,
-        bytes = last_part,
-        exhausted,
-        "step uploaded"
-    );
-
-    // A part under 5 MiB may only be the last of its file.
-    let small_tail = last_part > 0 && last_part < MIN_PART_SIZE;
-    if (exhausted || small_tail || already_completed)
-        && let Some(open) = chain.open_file.take()
-    {
-        complete_file(svc, &job, &chain, &open).await?;
-    }
-    if exhausted {
-        chain.state = ChainState::Done;
-        match svc.store.finish_chain(&mut chain).await {
-            Ok(()) => {}
-            Err(StoreError::Conflict) => return Ok(StepOutcome::Stale),
-            Err(e) => return Err(e.into()),
+        if let Some(p) = prefetched.take() {
+            p.cancel();
         }
-        maybe_complete_job(svc, &job.id).await?;
-        return Ok(StepOutcome::Finished);
+        svc.continuation
+            .schedule(StepEvent {
+                job_id: job.id.clone(),
+                chain_id: chain.chain_id.clone(),
+                step: chain.step,
+            })
+            .await?;
+        return Ok(StepOutcome::Continued);
     }
-    match svc.store.save_chain(&mut chain).await {
-        Ok(()) => {}
-        Err(StoreError::Conflict) => return Ok(StepOutcome::Stale),
-        Err(e) => return Err(e.into()),
-    }
-    svc.continuation
-        .schedule(StepEvent {
-            job_id: job.id.clone(),
-            chain_id: chain.chain_id.clone(),
-            step: chain.step,
-        })
-        .await?;
-    Ok(StepOutcome::Continued)
 }
 
 /// The `_lastUpdated` window of a chain: the job's, narrowed to the chain's

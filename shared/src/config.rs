@@ -43,6 +43,10 @@ pub struct ExportConfig {
     pub partition_target: u64,
     /// Most partitions (chains) one resource type is split into.
     pub max_partitions: usize,
+    /// Most parts one chunk-worker invocation uploads (each committed on its
+    /// own) before it hands the chain to a fresh invocation; the next part's
+    /// first page is fetched while a part uploads.
+    pub parts_per_invocation: usize,
     /// Largest accepted request body.
     pub max_body_bytes: usize,
     /// Longest accepted request URL.
@@ -68,6 +72,7 @@ impl Default for ExportConfig {
             patient_batch_size: 50,
             partition_target: 100_000,
             max_partitions: 16,
+            parts_per_invocation: 8,
             max_body_bytes: 1024 * 1024,
             max_url_bytes: 8 * 1024,
         }
@@ -157,6 +162,9 @@ impl ExportConfig {
         if let Some(v) = env_num(get, "BULK_EXPORT_MAX_PARTITIONS")? {
             c.max_partitions = v;
         }
+        if let Some(v) = env_num(get, "BULK_EXPORT_PARTS_PER_INVOCATION")? {
+            c.parts_per_invocation = v;
+        }
         c.validate()?;
         Ok(c)
     }
@@ -189,6 +197,12 @@ impl ExportConfig {
             return Err(err(
                 "BULK_EXPORT_PARTITION_TARGET",
                 "must be at least 1".into(),
+            ));
+        }
+        if !(1..=1000).contains(&self.parts_per_invocation) {
+            return Err(err(
+                "BULK_EXPORT_PARTS_PER_INVOCATION",
+                "must be between 1 and 1000".into(),
             ));
         }
         if !(1..=64).contains(&self.max_partitions) {

@@ -70,7 +70,10 @@ async fn exports_beyond_the_limit_queue_then_get_429() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_handoff_is_recovered_by_the_watchdog() {
-    let (_dir, src, stack) = ndjson_stack("lost", 300, 2, small_config(), 0).await;
+    // One part per invocation, so the first invocation hands over.
+    let mut config = small_config();
+    config.parts_per_invocation = 1;
+    let (_dir, src, stack) = ndjson_stack("lost", 300, 2, config, 0).await;
     let svc = stack.services.clone();
     let status_url = kickoff(&stack.base_url, "_type=Observation").await;
     // Run the first step, then lose the handoff it scheduled.
