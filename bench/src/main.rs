@@ -849,8 +849,9 @@ fn requests_section(c: &Counted) -> String {
          proxied HTTP request, classified by `X-Amz-Target` or by S3 method/path/query). Status polls \
          and chain monitoring used a second, unproxied stack on the same table and bucket, so they \
          are not counted; kick-off is. Continuation (\"Lambda invoke\") requests are **derived** from \
-         the chain records: each chain step is one chunk-worker invocation (the first scheduled by \
-         kick-off, each further one by its predecessor), plus the kick-off function itself. Upstream \
+         the chain records, counting one chunk-worker invocation per chain step plus the kick-off \
+         function: an upper bound, since one invocation may run several steps \
+         (`parts_per_invocation`). Upstream \
          requests are the fixture's own counters.\n",
         c.run.resources,
         c.run.chains,
