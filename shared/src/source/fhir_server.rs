@@ -281,6 +281,45 @@ fn keep_owned_by_batch(
 const IDS_PER_QUERY: usize = 100;
 
 impl FhirServerSource {
+    /// Every line of a search from `url` on, following `next` links; a link
+    /// back to any page already read is an error, not a loop.
+    async fn search_lines(
+        &self,
+        mut url: String,
+        resource_type: &str,
+        mut visit: impl FnMut(&[u8]),
+    ) -> Result<(), SourceError> {
+        let mut seen = std::collections::HashSet::new();
+        loop {
+            let body = self
+                .get(&url, |b| frame_search_bundle(b, resource_type).is_ok())
+                .await?
+                .ok_or_else(|| {
+                    SourceError::Permanent(format!("upstream has no {resource_type} search (404)"))
+                })?;
+            let framed = frame_search_bundle(&body, resource_type)
+                .map_err(|e| SourceError::Permanent(e.to_string()))?;
+            framed
+                .ndjson
+                .split(|b| *b == b'\n')
+                .filter(|l| !l.is_empty())
+                .for_each(&mut visit);
+            seen.insert(url);
+            match framed.next {
+                None => return Ok(()),
+                Some(n) if seen.contains(&n) => {
+                    return Err(SourceError::Permanent(
+                        "upstream next link loops back to an earlier page".into(),
+                    ));
+                }
+                Some(n) => {
+                    self.check_same_upstream(&n)?;
+                    url = n;
+                }
+            }
+        }
+    }
+
     /// Several `_typeFilter` queries for one type combine with OR; a resource
     /// matching filter k is emitted only if no earlier filter matches it, so
     /// it appears once. Membership is asked of the upstream with `_id=` batches.
@@ -501,96 +540,42 @@ impl Source for FhirServerSource {
         let mut wanted: std::collections::HashSet<&str> = ids.iter().map(String::as_str).collect();
         let mut page = Page::default();
         for batch in ids.chunks(IDS_PER_QUERY) {
-            let mut url = format!(
+            let url = format!(
                 "{}/{resource_type}?_count={}&_pretty=false&_id={}",
                 self.base,
                 batch.len(),
                 percent_encoding::utf8_percent_encode(&batch.join(","), QUERY_UNSAFE)
             );
-            // One page is the norm (`_count` covers the batch); the bound stops
-            // an upstream whose `next` links cycle.
-            for pages in 0.. {
-                if pages > 2 * IDS_PER_QUERY {
-                    return Err(SourceError::Permanent(
-                        "upstream next links do not end for an _id search".into(),
-                    ));
-                }
-                let body = self
-                    .get(&url, |b| frame_search_bundle(b, resource_type).is_ok())
-                    .await?
-                    .ok_or_else(|| {
-                        SourceError::Permanent(format!(
-                            "upstream has no {resource_type} search (404)"
-                        ))
-                    })?;
-                let framed = frame_search_bundle(&body, resource_type)
-                    .map_err(|e| SourceError::Permanent(e.to_string()))?;
-                for line in framed
-                    .ndjson
-                    .split(|b| *b == b'\n')
-                    .filter(|l| !l.is_empty())
+            self.search_lines(url, resource_type, |line| {
+                // Each id once, even if the upstream repeats one across pages.
+                if read_head(line)
+                    .ok()
+                    .and_then(|h| h.id)
+                    .is_some_and(|id| wanted.remove(id))
                 {
-                    // Each id once, even if the upstream repeats one across pages.
-                    if read_head(line)
-                        .ok()
-                        .and_then(|h| h.id)
-                        .is_some_and(|id| wanted.remove(id))
-                    {
-                        page.ndjson.extend_from_slice(line);
-                        page.ndjson.push(b'\n');
-                        page.count += 1;
-                    }
+                    page.ndjson.extend_from_slice(line);
+                    page.ndjson.push(b'\n');
+                    page.count += 1;
                 }
-                match framed.next {
-                    Some(n) if n != url => {
-                        self.check_same_upstream(&n)?;
-                        url = n;
-                    }
-                    Some(_) => {
-                        return Err(SourceError::Permanent(
-                            "upstream next link points back to the same page".into(),
-                        ));
-                    }
-                    None => break,
-                }
-            }
+            })
+            .await?;
         }
         Ok(page)
     }
 
     async fn patient_ids(&self) -> Result<Vec<String>, SourceError> {
-        let mut url = format!(
+        let url = format!(
             "{}/Patient?_count=1000&_elements=id&_pretty=false",
             self.base
         );
         let mut ids = Vec::new();
-        loop {
-            let body = self
-                .get(&url, |b| frame_search_bundle(b, "Patient").is_ok())
-                .await?
-                .ok_or_else(|| {
-                    SourceError::Permanent("upstream has no Patient search (404)".into())
-                })?;
-            let page = frame_search_bundle(&body, "Patient")
-                .map_err(|e| SourceError::Permanent(e.to_string()))?;
-            for line in page.ndjson.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-                if let Some(id) = read_head(line).ok().and_then(|h| h.id) {
-                    ids.push(id.to_string());
-                }
+        self.search_lines(url, "Patient", |line| {
+            if let Some(id) = read_head(line).ok().and_then(|h| h.id) {
+                ids.push(id.to_string());
             }
-            match page.next {
-                Some(n) if n != url => {
-                    self.check_same_upstream(&n)?;
-                    url = n;
-                }
-                Some(_) => {
-                    return Err(SourceError::Permanent(
-                        "upstream next link points back to the same page".into(),
-                    ));
-                }
-                None => return Ok(ids),
-            }
-        }
+        })
+        .await?;
+        Ok(ids)
     }
 
     fn queries_by_patient_batch(&self) -> bool {
