@@ -208,14 +208,24 @@ async fn download_all(
         ("output", &manifest["output"]),
         ("error", &manifest["error"]),
     ] {
-        for (i, item) in items.as_array().into_iter().flatten().enumerate() {
+        // Files are numbered per type, as the server names them.
+        let mut per_type: std::collections::HashMap<String, usize> = Default::default();
+        for item in items.as_array().into_iter().flatten() {
             let ty = item["type"].as_str().unwrap_or("Unknown").to_string();
+            // The type becomes part of a local file name: never a path.
+            if ty.is_empty() || !ty.bytes().all(|b| b.is_ascii_alphanumeric()) {
+                return Err(ClientError::Protocol(
+                    "manifest lists a file whose type is not a resource type name".into(),
+                ));
+            }
             let url = item["url"].as_str().unwrap_or("").to_string();
             let expected = item["count"].as_u64();
+            let n = per_type.entry(ty.clone()).or_default();
+            *n += 1;
             let name = if section == "error" {
-                format!("error-{ty}-{}.ndjson", i + 1)
+                format!("error-{ty}-{n}.ndjson")
             } else {
-                format!("{ty}-{}.ndjson", i + 1)
+                format!("{ty}-{n}.ndjson")
             };
             jobs.push((section, ty, url, expected, args.out.join(name)));
         }
