@@ -15,7 +15,7 @@ use crate::object_store::ObjectError;
 use crate::outcome::{Severity, operation_outcome};
 use crate::prefetch::{PageQuery, Prefetch};
 use crate::services::ExportServices;
-use crate::source::{PageRequest, SourceError};
+use crate::source::SourceError;
 use bytes::Bytes;
 use std::sync::Arc;
 use std::time::Duration;
@@ -76,7 +76,7 @@ pub fn effective_until(job: &Job) -> OffsetDateTime {
     }
 }
 
-fn unix_now() -> i64 {
+pub(crate) fn unix_now() -> i64 {
     OffsetDateTime::now_utc().unix_timestamp()
 }
 
@@ -225,7 +225,7 @@ async fn run_step_once(
         && let Some(total) = total.filter(|t| *t > cfg.partition_target)
     {
         drop(_enter);
-        return split_into_partitions(svc, &job, chain, (since, until), total).await;
+        return crate::partition::split_chain(svc, &job, chain, (since, until), total).await;
     }
 
     // Several parts per invocation: the next part's first page is fetched
@@ -482,106 +482,6 @@ fn chain_window(job: &Job, chain: &Chain) -> (Option<OffsetDateTime>, OffsetDate
         }
     }
     (since, until)
-}
-
-/// Splits a large type's chain into `_lastUpdated` partitions: this chain
-/// keeps the first, sibling chains take the rest, in one transaction (a
-/// retried split finds the siblings and loses its version check).
-async fn split_into_partitions(
-    svc: &ExportServices,
-    job: &Job,
-    mut chain: Chain,
-    (since, until): (Option<OffsetDateTime>, OffsetDateTime),
-    total: u64,
-) -> Result<StepOutcome, StepError> {
-    let cfg = &svc.config;
-    let ty = chain.resource_type.clone();
-    let scope = job.scope.clone();
-    let count = |after: Option<OffsetDateTime>, upto: OffsetDateTime| {
-        let ty = ty.clone();
-        let scope = scope.clone();
-        async move {
-            let req = PageRequest {
-                resource_type: &ty,
-                cursor: None,
-                since: after,
-                until: upto,
-                type_filters: &[],
-                page_size: 1,
-                scope: &scope,
-                batch: None,
-            };
-            svc.source.estimate(&req).await?.ok_or_else(|| {
-                SourceError::Permanent("the source gave no count for a partition probe".into())
-            })
-        }
-    };
-    let ranges = match crate::partition::plan(
-        since,
-        until,
-        total,
-        cfg.partition_target,
-        cfg.max_partitions,
-        count,
-    )
-    .await
-    {
-        Ok(r) => r,
-        Err(e) => {
-            // Exporting as one chain is slower, never wrong.
-            tracing::warn!(job_id = %job.id, chain = %chain.chain_id, error = %e, "partition probes failed; one chain");
-            vec![]
-        }
-    };
-    let last = ranges.len().saturating_sub(1);
-    if let Some(first) = ranges.first().filter(|_| ranges.len() > 1) {
-        chain.partition = Some(first.partition(false));
-        chain.total = Some(first.count);
-    } else {
-        // Nothing to split: mark the chain so the next step does not probe again.
-        chain.partition = Some(crate::job::Partition {
-            after: None,
-            upto: None,
-        });
-        chain.total = Some(total);
-    }
-    let siblings: Vec<Chain> = ranges
-        .iter()
-        .enumerate()
-        .skip(1)
-        .map(|(i, r)| {
-            let mut c = new_chain(
-                &job.id,
-                &format!("{}.p{i}", chain.chain_id),
-                &chain.resource_type,
-            );
-            c.partition = Some(r.partition(i == last));
-            c.total = Some(r.count);
-            c
-        })
-        .collect();
-    chain.step += 1;
-    chain.heartbeat = unix_now();
-    match svc
-        .store
-        .split_chain(&mut chain, &siblings, job.expires_at)
-        .await
-    {
-        Ok(()) => {}
-        Err(StoreError::Conflict) => return Ok(StepOutcome::Stale),
-        Err(e) => return Err(e.into()),
-    }
-    tracing::info!(job_id = %job.id, chain = %chain.chain_id, partitions = siblings.len() + 1, "type split into partitions");
-    for c in siblings.iter().chain(std::iter::once(&chain)) {
-        svc.continuation
-            .schedule(StepEvent {
-                job_id: job.id.clone(),
-                chain_id: c.chain_id.clone(),
-                step: c.step,
-            })
-            .await?;
-    }
-    Ok(StepOutcome::Continued)
 }
 
 /// Reserves a file number and opens its multipart upload, committing each

@@ -8,9 +8,12 @@
 //! millisecond bounds (`(a, b]`, `(b, c]` …), so every resource falls in
 //! exactly one partition whatever the probes' accuracy.
 
+use crate::chain::{StepError, StepOutcome, new_chain, unix_now};
 use crate::instant::format_instant;
-use crate::job::Partition;
-use crate::source::SourceError;
+use crate::job::{Chain, Job, Partition, StepEvent};
+use crate::job_store::StoreError;
+use crate::services::ExportServices;
+use crate::source::{PageRequest, SourceError};
 use std::future::Future;
 use time::{Duration, OffsetDateTime};
 
@@ -119,6 +122,106 @@ where
         }
     }
     Ok(parts.into_iter().map(|p| p.range).collect())
+}
+
+/// Splits a large type's chain into `_lastUpdated` partitions: this chain
+/// keeps the first, sibling chains take the rest, in one transaction (a
+/// retried split finds the siblings and loses its version check).
+pub async fn split_chain(
+    svc: &ExportServices,
+    job: &Job,
+    mut chain: Chain,
+    (since, until): (Option<OffsetDateTime>, OffsetDateTime),
+    total: u64,
+) -> Result<StepOutcome, StepError> {
+    let cfg = &svc.config;
+    let ty = chain.resource_type.clone();
+    let scope = job.scope.clone();
+    let count = |after: Option<OffsetDateTime>, upto: OffsetDateTime| {
+        let ty = ty.clone();
+        let scope = scope.clone();
+        async move {
+            let req = PageRequest {
+                resource_type: &ty,
+                cursor: None,
+                since: after,
+                until: upto,
+                type_filters: &[],
+                page_size: 1,
+                scope: &scope,
+                batch: None,
+            };
+            svc.source.estimate(&req).await?.ok_or_else(|| {
+                SourceError::Permanent("the source gave no count for a partition probe".into())
+            })
+        }
+    };
+    let ranges = match plan(
+        since,
+        until,
+        total,
+        cfg.partition_target,
+        cfg.max_partitions,
+        count,
+    )
+    .await
+    {
+        Ok(r) => r,
+        Err(e) => {
+            // Exporting as one chain is slower, never wrong.
+            tracing::warn!(job_id = %job.id, chain = %chain.chain_id, error = %e, "partition probes failed; one chain");
+            vec![]
+        }
+    };
+    let last = ranges.len().saturating_sub(1);
+    if let Some(first) = ranges.first().filter(|_| ranges.len() > 1) {
+        chain.partition = Some(first.partition(false));
+        chain.total = Some(first.count);
+    } else {
+        // Nothing to split: mark the chain so the next step does not probe again.
+        chain.partition = Some(crate::job::Partition {
+            after: None,
+            upto: None,
+        });
+        chain.total = Some(total);
+    }
+    let siblings: Vec<Chain> = ranges
+        .iter()
+        .enumerate()
+        .skip(1)
+        .map(|(i, r)| {
+            let mut c = new_chain(
+                &job.id,
+                &format!("{}.p{i}", chain.chain_id),
+                &chain.resource_type,
+            );
+            c.partition = Some(r.partition(i == last));
+            c.total = Some(r.count);
+            c
+        })
+        .collect();
+    chain.step += 1;
+    chain.heartbeat = unix_now();
+    match svc
+        .store
+        .split_chain(&mut chain, &siblings, job.expires_at)
+        .await
+    {
+        Ok(()) => {}
+        Err(StoreError::Conflict) => return Ok(StepOutcome::Stale),
+        Err(e) => return Err(e.into()),
+    }
+    tracing::info!(job_id = %job.id, chain = %chain.chain_id, partitions = siblings.len() + 1, "type split into partitions");
+    for c in siblings.iter().chain(std::iter::once(&chain)) {
+        svc.continuation
+            .schedule(StepEvent {
+                job_id: job.id.clone(),
+                chain_id: c.chain_id.clone(),
+                step: c.step,
+            })
+            .await?;
+    }
+    Ok(StepOutcome::Continued)
 }
 
 #[cfg(test)]
