@@ -139,6 +139,8 @@ async fn recover_lost_upload(
     tracing::warn!(job_id = %ev.job_id, chain = %ev.chain_id, file = lost.number, "upload lost; exporting the file again from its start");
     chain.cursor = lost.start_cursor;
     chain.skip = lost.start_skip;
+    // The file's pages are followed again: that is a rewind, not a loop.
+    chain.visited.clear();
     chain.exported = chain.exported.saturating_sub(lost.count);
     chain.open_file = None;
     chain.reserved_number = Some(lost.number);

@@ -101,7 +101,32 @@ impl S3ObjectStore {
         }
     }
 
-    /// True if `upload_id` is an in-progress multipart upload of `key`.
+    /// True if `upload_id` is still a usable multipart upload of `key` holding
+    /// the `uploaded` parts before this one: by ListParts (S3 answers
+    /// NoSuchUpload for a gone upload; s3s-fs lists no parts), else by
+    /// ListMultipartUploads (moto fails ListParts with a 500).
+    async fn upload_exists(
+        &self,
+        key: &str,
+        upload_id: &str,
+        uploaded: u32,
+    ) -> Result<bool, ObjectError> {
+        match self
+            .client
+            .list_parts()
+            .bucket(&self.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .send()
+            .await
+        {
+            Ok(out) => Ok(out.parts().len() >= uploaded as usize),
+            Err(e) if upload_gone(&e) => Ok(false),
+            Err(_) => self.upload_listed(key, upload_id).await,
+        }
+    }
+
+    /// True if ListMultipartUploads shows `upload_id` for `key`.
     async fn upload_listed(&self, key: &str, upload_id: &str) -> Result<bool, ObjectError> {
         let mut key_marker: Option<String> = None;
         let mut id_marker: Option<String> = None;
@@ -185,13 +210,18 @@ impl ObjectStore for S3ObjectStore {
                 .map(str::to_string)
                 .ok_or_else(|| ObjectError::Backend("no ETag".into())),
             Err(e) if upload_gone(&e) => Err(ObjectError::NoSuchUpload),
-            // Some S3-compatible stores (moto) fail with a bare 500 for an
+            // Some S3-compatible stores fail with a bare 500 (moto) or answer
+            // and close the connection before reading the body (s3s-fs) for an
             // upload that is gone: ask the store whether it still exists.
             Err(e)
-                if e.raw_response()
-                    .is_some_and(|r| r.status().is_server_error()) =>
+                if matches!(e, SdkError::DispatchFailure(_))
+                    || e.raw_response()
+                        .is_some_and(|r| r.status().is_server_error()) =>
             {
-                match self.upload_listed(key, upload_id).await {
+                match self
+                    .upload_exists(key, upload_id, part_number.saturating_sub(1))
+                    .await
+                {
                     Ok(false) => Err(ObjectError::NoSuchUpload),
                     _ => Err(backend(e)),
                 }

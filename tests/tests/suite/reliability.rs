@@ -449,3 +449,48 @@ async fn a_queued_export_can_be_cancelled() {
     drain(&stack, &svc).await;
     verify_complete(&a, &src, &["Patient"]).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_upload_is_exported_again_from_the_file_start() {
+    // One part per invocation, so the test can lose the upload between parts.
+    let mut config = small_config();
+    config.parts_per_invocation = 1;
+    let (_dir, src, stack) = ndjson_stack("lostupload", 400, 3, config, 0).await;
+    let svc = stack.services.clone();
+    let status_url = kickoff(&stack.base_url, "_type=Observation").await;
+    let job_id = status_url.rsplit('/').next().unwrap().to_string();
+    let first = stack.queue.try_next().await.unwrap();
+    run_step(&svc, &first, None).await.unwrap();
+    let chain = svc
+        .store
+        .get_chain(&job_id, "Observation")
+        .await
+        .unwrap()
+        .unwrap();
+    let open = chain
+        .open_file
+        .clone()
+        .expect("the first part left its file open");
+    assert!(
+        chain.visited.len() > 1,
+        "several pages were followed before the loss"
+    );
+    // A lifecycle rule (or an interrupted completion) removes the upload.
+    svc.objects
+        .abort_upload(&open.key, &open.upload_id)
+        .await
+        .unwrap();
+    let (steps, _) = drain(&stack, &svc).await;
+    let manifest = wait_complete(&status_url).await;
+    assert_eq!(
+        manifest["error"],
+        serde_json::json!([]),
+        "re-following the file's pages is not a loop"
+    );
+    verify_complete(&status_url, &src, &["Observation"]).await;
+    println!(
+        "injected: aborted upload of {} after part 1 ({} pages followed); checked: exact output after {steps} more steps",
+        open.key,
+        chain.visited.len()
+    );
+}
