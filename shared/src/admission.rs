@@ -2,7 +2,7 @@
 //! `max_running_per_client` per client); further kick-offs wait queued, in
 //! kick-off order, up to `max_queued_jobs`, after which they get 429.
 
-use crate::job::{Job, JobStatus, StepEvent};
+use crate::job::{Job, JobStatus};
 use crate::job_store::StoreError;
 use crate::outcome::ApiError;
 use crate::services::ExportServices;
@@ -98,11 +98,7 @@ pub async fn promote_queued(svc: &ExportServices) -> Result<usize, StoreError> {
             if chain.state != crate::job::ChainState::Running {
                 continue;
             }
-            let ev = StepEvent {
-                job_id: job.id.clone(),
-                chain_id: chain.chain_id.clone(),
-                step: chain.step,
-            };
+            let ev = chain.event();
             if let Err(e) = svc.continuation.schedule(ev).await {
                 tracing::error!(job_id = %job.id, error = %e, "could not start a queued chain; the watchdog will");
             }

@@ -66,6 +66,16 @@ pub enum StepError {
     UploadLost(String),
 }
 
+/// Whether a conditional chain write won: a lost race means another
+/// delivery of this step owns the chain now.
+pub(crate) fn won(write: Result<(), StoreError>) -> Result<bool, StepError> {
+    match write {
+        Ok(()) => Ok(true),
+        Err(StoreError::Conflict) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// The `_lastUpdated` upper bound of a job: `_until` if earlier than the
 /// transaction time, else the transaction time.
 pub fn effective_until(job: &Job) -> OffsetDateTime {
@@ -145,18 +155,10 @@ async fn recover_lost_upload(
     chain.open_file = None;
     chain.reserved_number = Some(lost.number);
     chain.step += 1;
-    match svc.store.save_chain(&mut chain).await {
-        Ok(()) => {}
-        Err(StoreError::Conflict) => return Ok(StepOutcome::Stale),
-        Err(e) => return Err(e.into()),
+    if !won(svc.store.save_chain(&mut chain).await)? {
+        return Ok(StepOutcome::Stale);
     }
-    svc.continuation
-        .schedule(StepEvent {
-            job_id: ev.job_id.clone(),
-            chain_id: ev.chain_id.clone(),
-            step: chain.step,
-        })
-        .await?;
+    svc.continuation.schedule(chain.event()).await?;
     Ok(StepOutcome::Continued)
 }
 
@@ -355,10 +357,8 @@ async fn run_step_once(
 
         if roll && let Some(open) = chain.open_file.take() {
             complete_file(svc, &job, &chain, &open).await?;
-            match svc.store.save_chain(&mut chain).await {
-                Ok(()) => {}
-                Err(StoreError::Conflict) => return Ok(StepOutcome::Stale),
-                Err(e) => return Err(e.into()),
+            if !won(svc.store.save_chain(&mut chain).await)? {
+                return Ok(StepOutcome::Stale);
             }
         }
 
@@ -429,18 +429,14 @@ async fn run_step_once(
         }
         if exhausted {
             chain.state = ChainState::Done;
-            match svc.store.finish_chain(&mut chain).await {
-                Ok(()) => {}
-                Err(StoreError::Conflict) => return Ok(StepOutcome::Stale),
-                Err(e) => return Err(e.into()),
+            if !won(svc.store.finish_chain(&mut chain).await)? {
+                return Ok(StepOutcome::Stale);
             }
             maybe_complete_job(svc, &job.id).await?;
             return Ok(StepOutcome::Finished);
         }
-        match svc.store.save_chain(&mut chain).await {
-            Ok(()) => {}
-            Err(StoreError::Conflict) => return Ok(StepOutcome::Stale),
-            Err(e) => return Err(e.into()),
+        if !won(svc.store.save_chain(&mut chain).await)? {
+            return Ok(StepOutcome::Stale);
         }
         *committed = chain.step;
         parts_done += 1;
@@ -459,13 +455,7 @@ async fn run_step_once(
         if let Some(p) = prefetched.take() {
             p.cancel();
         }
-        svc.continuation
-            .schedule(StepEvent {
-                job_id: job.id.clone(),
-                chain_id: chain.chain_id.clone(),
-                step: chain.step,
-            })
-            .await?;
+        svc.continuation.schedule(chain.event()).await?;
         return Ok(StepOutcome::Continued);
     }
 }
@@ -642,10 +632,8 @@ pub async fn fail_chain(
     write_error_file(svc, job, &[message]).await?;
     chain.state = ChainState::Failed;
     chain.heartbeat = unix_now();
-    match svc.store.finish_chain(&mut chain).await {
-        Ok(()) => {}
-        Err(StoreError::Conflict) => return Ok(StepOutcome::Stale),
-        Err(e) => return Err(e.into()),
+    if !won(svc.store.finish_chain(&mut chain).await)? {
+        return Ok(StepOutcome::Stale);
     }
     maybe_complete_job(svc, &job.id).await?;
     Ok(StepOutcome::Finished)
@@ -660,10 +648,8 @@ async fn cancel_chain(
         svc.objects.abort_upload(&open.key, &open.upload_id).await?;
     }
     chain.state = ChainState::Cancelled;
-    match svc.store.finish_chain(&mut chain).await {
-        Ok(()) => {}
-        Err(StoreError::Conflict) => return Ok(StepOutcome::Stale),
-        Err(e) => return Err(e.into()),
+    if !won(svc.store.finish_chain(&mut chain).await)? {
+        return Ok(StepOutcome::Stale);
     }
     maybe_complete_job(svc, &job.id).await?;
     Ok(StepOutcome::Finished)
@@ -750,13 +736,7 @@ async fn start_waiting_chains(svc: &ExportServices, job: &Job) -> Result<(), Ste
             Err(e) => return Err(e.into()),
         }
         tracing::info!(job_id = %job.id, chain = %chain.chain_id, "referenced-resources chain started");
-        svc.continuation
-            .schedule(StepEvent {
-                job_id: job.id.clone(),
-                chain_id: chain.chain_id.clone(),
-                step: chain.step,
-            })
-            .await?;
+        svc.continuation.schedule(chain.event()).await?;
     }
     Ok(())
 }

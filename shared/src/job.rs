@@ -244,6 +244,17 @@ pub fn file_name(resource_type: &str, number: u32) -> String {
     format!("{resource_type}-{number}.ndjson")
 }
 
+impl Chain {
+    /// The event that runs this chain's current step.
+    pub fn event(&self) -> StepEvent {
+        StepEvent {
+            job_id: self.job_id.clone(),
+            chain_id: self.chain_id.clone(),
+            step: self.step,
+        }
+    }
+}
+
 /// Event that runs one step of one chain.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct StepEvent {

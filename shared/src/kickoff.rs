@@ -11,7 +11,7 @@ use crate::export_request::{
 };
 use crate::group::resolve_scope;
 use crate::instant::{format_instant, now_millis};
-use crate::job::{ChainState, Job, JobStatus, StepEvent};
+use crate::job::{ChainState, Job, JobStatus};
 use crate::outcome::{ApiError, Severity, fhir_json, operation_outcome, quote};
 use crate::referenced::{REFERENCED_TYPES, is_referenced_type};
 use crate::scopes::{ReadableTypes, readable_types};
@@ -373,11 +373,7 @@ pub async fn start_export(
         .iter()
         .filter(|c| job.status == JobStatus::Running && c.state == ChainState::Running)
     {
-        let ev = StepEvent {
-            job_id: job.id.clone(),
-            chain_id: chain.chain_id.clone(),
-            step: 0,
-        };
+        let ev = chain.event();
         if let Err(e) = svc.continuation.schedule(ev).await {
             // The watchdog restarts chains that never made progress.
             tracing::error!(job_id = %job.id, chain = %chain.chain_id, error = %e, "could not start chain");

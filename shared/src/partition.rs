@@ -8,10 +8,9 @@
 //! millisecond bounds (`(a, b]`, `(b, c]` …), so every resource falls in
 //! exactly one partition whatever the probes' accuracy.
 
-use crate::chain::{StepError, StepOutcome, new_chain, unix_now};
+use crate::chain::{StepError, StepOutcome, new_chain, unix_now, won};
 use crate::instant::format_instant;
-use crate::job::{Chain, Job, Partition, StepEvent};
-use crate::job_store::StoreError;
+use crate::job::{Chain, Job, Partition};
 use crate::services::ExportServices;
 use crate::source::{PageRequest, SourceError};
 use std::future::Future;
@@ -202,24 +201,16 @@ pub async fn split_chain(
         .collect();
     chain.step += 1;
     chain.heartbeat = unix_now();
-    match svc
+    if !won(svc
         .store
         .split_chain(&mut chain, &siblings, job.expires_at)
-        .await
+        .await)?
     {
-        Ok(()) => {}
-        Err(StoreError::Conflict) => return Ok(StepOutcome::Stale),
-        Err(e) => return Err(e.into()),
+        return Ok(StepOutcome::Stale);
     }
     tracing::info!(job_id = %job.id, chain = %chain.chain_id, partitions = siblings.len() + 1, "type split into partitions");
     for c in siblings.iter().chain(std::iter::once(&chain)) {
-        svc.continuation
-            .schedule(StepEvent {
-                job_id: job.id.clone(),
-                chain_id: c.chain_id.clone(),
-                step: c.step,
-            })
-            .await?;
+        svc.continuation.schedule(c.event()).await?;
     }
     Ok(StepOutcome::Continued)
 }

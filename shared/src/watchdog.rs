@@ -2,7 +2,7 @@
 //! is older than the stall timeout and schedules their current step again.
 
 use crate::chain::{StepError, fail_chain};
-use crate::job::{ChainState, StepEvent};
+use crate::job::ChainState;
 use crate::job_store::StoreError;
 use crate::services::ExportServices;
 use std::time::Duration;
@@ -43,11 +43,7 @@ pub async fn sweep(svc: &ExportServices, stall: Duration) -> Result<SweepReport,
             {
                 continue;
             }
-            let current = StepEvent {
-                job_id: job.id.clone(),
-                chain_id: chain.chain_id.clone(),
-                step: chain.step,
-            };
+            let current = chain.event();
             if svc.continuation.is_pending(&current).await {
                 // Waiting for a worker (or running) is not a stall.
                 continue;
@@ -75,13 +71,7 @@ pub async fn sweep(svc: &ExportServices, stall: Duration) -> Result<SweepReport,
             } else {
                 tracing::warn!(job_id = %job.id, chain = %chain.chain_id, step = chain.step, restarts = chain.restarts, "restarting stalled chain");
             }
-            svc.continuation
-                .schedule(StepEvent {
-                    job_id: job.id.clone(),
-                    chain_id: chain.chain_id.clone(),
-                    step: chain.step,
-                })
-                .await?;
+            svc.continuation.schedule(chain.event()).await?;
             report.restarted += 1;
         }
     }
