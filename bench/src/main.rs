@@ -60,6 +60,10 @@ struct Args {
     /// Per-page upstream latency of the latency scenario, milliseconds.
     #[arg(long, default_value_t = 30)]
     latency_ms: u64,
+    /// Only measure one Observation chain against the bare client at the
+    /// configured latency, print the ratio, and write no report (for tuning).
+    #[arg(long)]
+    chain_only: bool,
     /// Run as a measured child process (internal).
     #[arg(long, hide = true)]
     child: bool,
@@ -402,6 +406,69 @@ async fn export_run(
         run.verified
     );
     Ok(run)
+}
+
+/// `--chain-only`: one Observation chain vs the bare client at `--latency-ms`.
+async fn chain_only(
+    args: &Args,
+    work: &Path,
+    data: &Path,
+    summary: &Summary,
+    page_size: usize,
+) -> Result<Option<String>, String> {
+    let fixture = start_fixture(
+        data,
+        FixtureOptions {
+            latency: Duration::from_millis(args.latency_ms),
+            ..FixtureOptions::default()
+        },
+    )
+    .await?;
+    let obs: Summary = summary
+        .iter()
+        .filter(|(t, _)| t.as_str() == "Observation")
+        .map(|(t, v)| (t.clone(), *v))
+        .collect();
+    let bare = bare_median(
+        fixture.base_url(),
+        &["Observation".to_string()],
+        page_size,
+        false,
+        args.repeat,
+    )
+    .await?;
+    let shape = Shape {
+        query: "_type=Observation".into(),
+        config: ExportConfig {
+            max_partitions: 1,
+            ..ExportConfig::default()
+        },
+    };
+    let source = SourceSpec::Fhir {
+        base: fixture.base_url().to_string(),
+        token: None,
+    };
+    let one = export_runs(
+        "Observation, 1 chain",
+        &work.join("run-chain-only"),
+        source,
+        (8, &shape),
+        &obs,
+        Some(&fixture),
+        args.repeat,
+    )
+    .await?;
+    if args.work_dir.is_none() {
+        let _ = std::fs::remove_dir_all(work);
+    }
+    eprintln!(
+        "--chain-only (no report written): bare {:.3}s ({} pages), 1 chain {:.3}s, ratio {:.3}",
+        bare.elapsed,
+        bare.pages,
+        one.elapsed,
+        bare.elapsed / one.elapsed.max(1e-9)
+    );
+    Ok(None)
 }
 
 // ---------------------------------------------------------------- bare client
@@ -991,7 +1058,7 @@ fn speed_up(runs: &[ExportRun]) -> Option<(f64, f64)> {
 
 // ---------------------------------------------------------------- main
 
-async fn parent_main(args: Args) -> Result<String, String> {
+async fn parent_main(args: Args) -> Result<Option<String>, String> {
     let started = Instant::now();
     let work = match &args.work_dir {
         Some(w) => w.clone(),
@@ -1027,6 +1094,9 @@ async fn parent_main(args: Args) -> Result<String, String> {
     let (large_n, large_b) = totals(&large);
     let (small_n, small_b) = totals(&small);
     let types: Vec<String> = large.keys().cloned().collect();
+    if args.chain_only {
+        return chain_only(&args, &work, &large_dir, &large, page_size).await;
+    }
 
     // 2. Fixture.
     let fixture = start_fixture(&large_dir, FixtureOptions::default()).await?;
@@ -1481,7 +1551,7 @@ async fn parent_main(args: Args) -> Result<String, String> {
         obs_b,
         page_size,
     ));
-    Ok(r)
+    Ok(Some(r))
 }
 
 /// One chain against the bare client, and the same type split into partitions.
@@ -1571,7 +1641,8 @@ async fn main() -> ExitCode {
         .clone()
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("RESULTS.md"));
     match parent_main(args).await {
-        Ok(report) => {
+        Ok(None) => ExitCode::SUCCESS,
+        Ok(Some(report)) => {
             println!("{report}");
             if let Err(e) = std::fs::write(&out, &report) {
                 eprintln!("cannot write {}: {e}", out.display());

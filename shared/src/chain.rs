@@ -7,12 +7,11 @@ use crate::config::MIN_PART_SIZE;
 use crate::continuation::ContinuationError;
 use crate::export_request::TypeFilter;
 use crate::instant::{now_millis, parse_instant};
-use crate::job::{
-    Chain, ChainState, FileKind, FileRecord, Job, JobStatus, OpenFile, StepEvent, file_name,
-};
+use crate::job::{Chain, ChainState, FileKind, FileRecord, Job, JobStatus, StepEvent, file_name};
 use crate::job_store::StoreError;
 use crate::object_store::ObjectError;
 use crate::outcome::{Severity, operation_outcome};
+use crate::part_writer::{self, PartData, PendingPart};
 use crate::prefetch::{PageQuery, Prefetch};
 use crate::services::ExportServices;
 use crate::source::SourceError;
@@ -21,14 +20,12 @@ use std::sync::Arc;
 use std::time::Duration;
 use time::OffsetDateTime;
 use tokio::time::Instant;
+use tracing::Instrument;
 
 /// Time kept in reserve before a Lambda deadline to upload and commit.
 const DEADLINE_RESERVE: Duration = Duration::from_secs(20);
 /// Most source pages one step reads (bounds work on long runs of empty pages).
 const MAX_PAGES_PER_STEP: usize = 10_000;
-
-/// Page cursors remembered per chain to detect `next` links that loop.
-const MAX_VISITED: usize = 2000;
 
 /// FNV-1a: a hash that is stable across builds (cursors are stored).
 fn fnv1a(bytes: &[u8]) -> u64 {
@@ -171,7 +168,7 @@ async fn run_step_once(
     let Some(job) = svc.store.get_job(&ev.job_id).await? else {
         return Ok(StepOutcome::Stale);
     };
-    let Some(mut chain) = svc.store.get_chain(&ev.job_id, &ev.chain_id).await? else {
+    let Some(chain) = svc.store.get_chain(&ev.job_id, &ev.chain_id).await? else {
         return Ok(StepOutcome::Stale);
     };
     if chain.state != ChainState::Running || chain.step != ev.step {
@@ -189,7 +186,54 @@ async fn run_step_once(
     }
     let span =
         tracing::info_span!("step", job_id = %job.id, chain = %chain.chain_id, step = chain.step);
-    let _enter = span.enter();
+    export_parts(svc, job, chain, deadline, committed)
+        .instrument(span)
+        .await
+}
+
+/// Commits the pending part, if any; `Some` ends the step with that outcome.
+async fn settle(
+    svc: &ExportServices,
+    job: &Job,
+    chain: &mut Chain,
+    pending: &mut Option<PendingPart>,
+    total: Option<u64>,
+    committed: &mut u64,
+) -> Result<Option<StepOutcome>, StepError> {
+    let Some(part) = pending.take() else {
+        return Ok(None);
+    };
+    let out = part_writer::commit(svc, job, chain, part, total).await?;
+    if out.is_none() {
+        *committed = chain.step;
+    }
+    Ok(out)
+}
+
+/// Ends a chain on a source failure, after committing the part in flight.
+async fn fail_after(
+    svc: &ExportServices,
+    job: &Job,
+    mut chain: Chain,
+    pending: &mut Option<PendingPart>,
+    total: Option<u64>,
+    committed: &mut u64,
+    err: &SourceError,
+) -> Result<StepOutcome, StepError> {
+    if let Some(out) = settle(svc, job, &mut chain, pending, total, committed).await? {
+        return Ok(out);
+    }
+    fail_chain(svc, job, chain, err).await
+}
+
+/// The body of a step: parts of source pages, uploaded and committed.
+async fn export_parts(
+    svc: &ExportServices,
+    job: Job,
+    mut chain: Chain,
+    deadline: Option<Instant>,
+    committed: &mut u64,
+) -> Result<StepOutcome, StepError> {
     let cfg = &svc.config;
     let (since, until) = chain_window(&job, &chain);
     let filters: Vec<TypeFilter> = job
@@ -228,31 +272,39 @@ async fn run_step_once(
         && svc.source.supports_time_partitions()
         && let Some(total) = total.filter(|t| *t > cfg.partition_target)
     {
-        drop(_enter);
         return crate::partition::split_chain(svc, &job, chain, (since, until), total).await;
     }
 
-    // Several parts per invocation: the next part's first page is fetched
-    // while this part uploads and commits. Each part is still committed on
-    // its own, so a crash loses at most the part in flight.
+    // Several parts per invocation, pipelined: while part k uploads on its
+    // own task, part k+1's pages are read (the next page is always fetched
+    // while the current one is copied); part k is committed as soon as its
+    // upload is done, and always before part k+1 starts uploading. A crash
+    // loses at most the two parts in memory, which the retry reads again.
     let mut prefetched: Option<Prefetch> = None;
-    let mut parts_done = 0usize;
+    let mut pending: Option<PendingPart> = None;
+    let mut parts_started = 0usize;
     loop {
+        let file_bytes = chain.open_file.as_ref().map_or(0, |o| o.bytes)
+            + pending.as_ref().map_or(0, PendingPart::bytes);
         // Roll before appending: a file never grows past the limit.
-        let roll = chain
-            .open_file
-            .as_ref()
-            .is_some_and(|open| open.bytes as usize + cfg.part_size > cfg.max_file_size);
-        let room_before =
-            cfg.max_file_size - chain.open_file.as_ref().map_or(0, |o| o.bytes as usize);
+        let roll =
+            chain.open_file.is_some() && file_bytes as usize + cfg.part_size > cfg.max_file_size;
+        let room = if roll {
+            cfg.max_file_size
+        } else {
+            cfg.max_file_size.saturating_sub(file_bytes as usize)
+        };
+        // A resource that does not fit the open file's room starts a new file.
+        let mut oversized = false;
 
         let mut buf: Vec<u8> = Vec::with_capacity(cfg.part_size + cfg.part_size / 4);
         let mut count = 0u64;
-        let mut cursor = chain.cursor.clone();
-        let mut skip = chain.skip;
+        let (mut cursor, mut skip) = match &pending {
+            Some(p) => p.position(),
+            None => (chain.cursor.clone(), chain.skip),
+        };
         let mut exhausted = false;
         let mut visited: Vec<u64> = Vec::new();
-        let room = if roll { cfg.max_file_size } else { room_before };
         for _ in 0..MAX_PAGES_PER_STEP {
             let fetched = if let Some(p) = prefetched.take() {
                 p.page().await
@@ -264,8 +316,7 @@ async fn run_step_once(
             let page = match fetched {
                 Ok(p) => p,
                 Err(e) => {
-                    drop(_enter);
-                    return fail_chain(svc, &job, chain, &e).await;
+                    return fail_after(svc, &job, chain, &mut pending, total, committed, &e).await;
                 }
             };
             let start = offset_after_lines(&page.ndjson, skip);
@@ -282,6 +333,14 @@ async fn run_step_once(
             {
                 prefetched = Some(query.spawn(next.clone()));
             }
+            // The previous part is committed as soon as its upload is done,
+            // while the next page is on its way.
+            if pending.as_ref().is_some_and(PendingPart::is_uploaded)
+                && let Some(out) =
+                    settle(svc, &job, &mut chain, &mut pending, total, committed).await?
+            {
+                return Ok(out);
+            }
             if buf.len() + data.len() <= room {
                 buf.extend_from_slice(data);
                 count += lines;
@@ -290,15 +349,23 @@ async fn run_step_once(
                     Some(next) => {
                         // A `next` link that returns to any earlier page would loop forever.
                         let h = fnv1a(next.as_bytes());
-                        if chain.visited.contains(&h) {
-                            if let Some(p) = prefetched.take() {
-                                p.cancel();
-                            }
+                        if chain.visited.contains(&h)
+                            || visited.contains(&h)
+                            || pending.as_ref().is_some_and(|p| p.visited(h))
+                        {
                             let e = SourceError::Permanent(
                                 "upstream next link loops back to an earlier page".into(),
                             );
-                            drop(_enter);
-                            return fail_chain(svc, &job, chain, &e).await;
+                            return fail_after(
+                                svc,
+                                &job,
+                                chain,
+                                &mut pending,
+                                total,
+                                committed,
+                                &e,
+                            )
+                            .await;
                         }
                         visited.push(h);
                         cursor = Some(next);
@@ -309,7 +376,7 @@ async fn run_step_once(
                     }
                 }
             } else {
-                // Take the lines that fit; the rest of this page starts the next step.
+                // Take the lines that fit; the rest of this page starts the next part.
                 let mut take = 0u64;
                 let mut end = 0usize;
                 for (i, b) in data.iter().enumerate() {
@@ -322,12 +389,15 @@ async fn run_step_once(
                     }
                 }
                 if take == 0 && buf.is_empty() {
+                    if room < cfg.max_file_size {
+                        oversized = true;
+                        break;
+                    }
                     let e = SourceError::Permanent(format!(
                         "a {} resource is larger than the file size limit",
                         chain.resource_type
                     ));
-                    drop(_enter);
-                    return fail_chain(svc, &job, chain, &e).await;
+                    return fail_after(svc, &job, chain, &mut pending, total, committed, &e).await;
                 }
                 buf.extend_from_slice(&data[..end]);
                 count += take;
@@ -344,7 +414,7 @@ async fn run_step_once(
 
         // A fetch still in flight is for `cursor`, the next page to export. Start
         // one if the next part will run in this invocation.
-        let another_part = parts_done + 1 < cfg.parts_per_invocation
+        let another_part = parts_started + 1 < cfg.parts_per_invocation
             && deadline.is_none_or(|d| Instant::now() + 2 * DEADLINE_RESERVE < d);
         if another_part
             && !exhausted
@@ -355,106 +425,60 @@ async fn run_step_once(
             prefetched = Some(query.spawn(c.clone()));
         }
 
-        if roll && let Some(open) = chain.open_file.take() {
-            complete_file(svc, &job, &chain, &open).await?;
+        // Parts are committed in order: the previous one first.
+        if let Some(out) = settle(svc, &job, &mut chain, &mut pending, total, committed).await? {
+            return Ok(out);
+        }
+        if (roll || oversized)
+            && let Some(open) = chain.open_file.take()
+        {
+            part_writer::complete_file(svc, &job, &chain, &open).await?;
             if !won(svc.store.save_chain(&mut chain).await)? {
                 return Ok(StepOutcome::Stale);
             }
         }
 
-        // Before anything of this step is committed, so a committed step's
+        // Before anything of this part is committed, so a committed step's
         // references are always on record.
         crate::referenced::record_step(svc, &job, &chain, &buf).await?;
 
-        let mut last_part = 0usize;
-        let mut already_completed = false;
-        if !buf.is_empty() {
-            if chain.open_file.is_none() && !open_new_file(svc, &job, &mut chain).await? {
-                return Ok(StepOutcome::Stale);
-            }
-            if let Some(open) = chain.open_file.as_mut() {
-                last_part = buf.len();
-                let part_number = open.parts.len() as u32 + 1;
-                let etag = match svc
-                    .objects
-                    .upload_part(&open.key, &open.upload_id, part_number, Bytes::from(buf))
-                    .await
-                {
-                    Ok(etag) => etag,
-                    Err(ObjectError::NoSuchUpload) => {
-                        // Only an earlier attempt or a concurrent duplicate of this
-                        // very step completes this upload: if the chain moved on,
-                        // this delivery is stale; if the object holds exactly the
-                        // committed bytes plus this part, the file is done.
-                        let now = svc.store.get_chain(&job.id, &chain.chain_id).await?;
-                        if now.is_some_and(|c| c.version != chain.version) {
-                            return Ok(StepOutcome::Stale);
-                        }
-                        let whole = open.bytes + last_part as u64;
-                        if !object_appears(svc, &open.key, Some(whole)).await? {
-                            return Err(StepError::UploadLost(open.key.clone()));
-                        }
-                        already_completed = true;
-                        String::new()
-                    }
-                    Err(e) => return Err(e.into()),
-                };
-                open.parts.push(etag);
-                open.bytes += last_part as u64;
-                open.count += count;
-            }
-        }
-        chain.cursor = cursor;
-        chain.skip = skip;
-        chain.visited.extend(visited);
-        let excess = chain.visited.len().saturating_sub(MAX_VISITED);
-        chain.visited.drain(..excess);
-        chain.exported += count;
-        chain.total = total;
-        chain.step += 1;
-        chain.heartbeat = unix_now();
-        tracing::info!(
-            resources = count,
-            bytes = last_part,
-            exhausted,
-            "step uploaded"
-        );
-
-        // A part under 5 MiB may only be the last of its file.
-        let small_tail = last_part > 0 && last_part < MIN_PART_SIZE;
-        if (exhausted || small_tail || already_completed)
-            && let Some(open) = chain.open_file.take()
+        if !buf.is_empty()
+            && chain.open_file.is_none()
+            && !part_writer::open_new_file(svc, &job, &mut chain).await?
         {
-            complete_file(svc, &job, &chain, &open).await?;
-        }
-        if exhausted {
-            chain.state = ChainState::Done;
-            if !won(svc.store.finish_chain(&mut chain).await)? {
-                return Ok(StepOutcome::Stale);
-            }
-            maybe_complete_job(svc, &job.id).await?;
-            return Ok(StepOutcome::Finished);
-        }
-        if !won(svc.store.save_chain(&mut chain).await)? {
             return Ok(StepOutcome::Stale);
         }
-        *committed = chain.step;
-        parts_done += 1;
-        if another_part {
+        // A part under 5 MiB ends its file, so it is committed right away.
+        let short = !buf.is_empty() && buf.len() < MIN_PART_SIZE;
+        let part = PendingPart::start(
+            svc,
+            chain.open_file.as_ref(),
+            PartData {
+                buf,
+                count,
+                cursor,
+                skip,
+                visited,
+                exhausted,
+            },
+        )?;
+        pending = Some(part);
+        parts_started += 1;
+        if another_part && !exhausted && !short {
             match svc.store.get_job(&job.id).await? {
                 Some(j) if j.status == JobStatus::Cancelled => {
-                    if let Some(p) = prefetched.take() {
-                        p.cancel();
-                    }
+                    // Dropping the pending part stops its upload.
+                    drop(pending);
                     return cancel_chain(svc, &j, chain).await;
                 }
                 Some(_) => continue,
                 None => return Ok(StepOutcome::Stale),
             }
         }
-        if let Some(p) = prefetched.take() {
-            p.cancel();
+        if let Some(out) = settle(svc, &job, &mut chain, &mut pending, total, committed).await? {
+            return Ok(out);
         }
+        drop(prefetched);
         svc.continuation.schedule(chain.event()).await?;
         return Ok(StepOutcome::Continued);
     }
@@ -474,104 +498,6 @@ fn chain_window(job: &Job, chain: &Chain) -> (Option<OffsetDateTime>, OffsetDate
         }
     }
     (since, until)
-}
-
-/// Reserves a file number and opens its multipart upload, committing each
-/// so a retried step reuses them. Returns false if another writer won.
-async fn open_new_file(
-    svc: &ExportServices,
-    job: &Job,
-    chain: &mut Chain,
-) -> Result<bool, StepError> {
-    let number = match chain.reserved_number {
-        Some(n) => n,
-        None => {
-            let n = svc
-                .store
-                .next_file_number(&job.id, &chain.resource_type, job.expires_at)
-                .await?;
-            chain.reserved_number = Some(n);
-            match svc.store.save_chain(chain).await {
-                Ok(()) => {}
-                Err(StoreError::Conflict) => return Ok(false),
-                Err(e) => return Err(e.into()),
-            }
-            n
-        }
-    };
-    let key = format!("{}/{}", job.folder, file_name(&chain.resource_type, number));
-    let upload_id = svc.objects.create_upload(&key).await?;
-    chain.open_file = Some(OpenFile {
-        start_cursor: chain.cursor.clone(),
-        start_skip: chain.skip,
-        number,
-        key: key.clone(),
-        upload_id: upload_id.clone(),
-        parts: vec![],
-        bytes: 0,
-        count: 0,
-    });
-    chain.reserved_number = None;
-    match svc.store.save_chain(chain).await {
-        Ok(()) => Ok(true),
-        Err(StoreError::Conflict) => {
-            let _ = svc.objects.abort_upload(&key, &upload_id).await;
-            Ok(false)
-        }
-        // The write may have landed: keep the upload (an orphan is aborted by
-        // the bucket's lifecycle rule), never abort one the chain may own.
-        Err(e) => Err(e.into()),
-    }
-}
-
-/// Waits briefly for an object a concurrent completion is writing; true if it
-/// exists (with `size`, when given).
-async fn object_appears(
-    svc: &ExportServices,
-    key: &str,
-    size: Option<u64>,
-) -> Result<bool, StepError> {
-    for attempt in 0..6u64 {
-        if let Some(found) = svc.objects.object_size(key).await? {
-            return Ok(size.is_none_or(|s| s == found));
-        }
-        tokio::time::sleep(Duration::from_millis(50 * (attempt + 1))).await;
-    }
-    Ok(false)
-}
-
-/// Completes a file (idempotently) and records it.
-async fn complete_file(
-    svc: &ExportServices,
-    job: &Job,
-    chain: &Chain,
-    open: &OpenFile,
-) -> Result<(), StepError> {
-    if let Err(e) = svc
-        .objects
-        .complete_upload(&open.key, &open.upload_id, &open.parts)
-        .await
-    {
-        // A duplicate of this step may have completed it already (or be doing
-        // so right now): the file counts as complete only if it is whole.
-        if !object_appears(svc, &open.key, Some(open.bytes)).await? {
-            if matches!(e, ObjectError::NoSuchUpload) {
-                return Err(StepError::UploadLost(open.key.clone()));
-            }
-            return Err(e.into());
-        }
-    }
-    let record = FileRecord {
-        resource_type: chain.resource_type.clone(),
-        number: open.number,
-        key: open.key.clone(),
-        count: open.count,
-        bytes: open.bytes,
-        kind: FileKind::Output,
-        expires_at: job.expires_at,
-    };
-    svc.store.put_file(&job.id, &record).await?;
-    Ok(())
 }
 
 /// Writes one OperationOutcome line into a new error file of the job.
@@ -622,7 +548,7 @@ pub async fn fail_chain(
         if open.parts.is_empty() {
             svc.objects.abort_upload(&open.key, &open.upload_id).await?;
         } else {
-            complete_file(svc, job, &chain, &open).await?;
+            part_writer::complete_file(svc, job, &chain, &open).await?;
         }
     }
     let message = format!(

@@ -30,6 +30,7 @@ pub mod manifest;
 pub mod ndjson_page;
 pub mod object_store;
 pub mod outcome;
+pub mod part_writer;
 pub mod partition;
 pub mod prefetch;
 pub mod referenced;

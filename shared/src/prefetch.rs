@@ -26,7 +26,7 @@ pub struct PageQuery {
     pub batch: Option<Arc<[String]>>,
 }
 
-/// A page being fetched in the background.
+/// A page being fetched in the background; dropping it stops the fetch.
 pub struct Prefetch(JoinHandle<Result<Page, SourceError>>);
 
 impl PageQuery {
@@ -60,14 +60,15 @@ impl PageQuery {
 
 impl Prefetch {
     /// The fetched page.
-    pub async fn page(self) -> Result<Page, SourceError> {
-        self.0
+    pub async fn page(mut self) -> Result<Page, SourceError> {
+        (&mut self.0)
             .await
             .unwrap_or_else(|e| Err(SourceError::Exhausted(format!("page fetch task: {e}"))))
     }
+}
 
-    /// Stops a fetch whose page is no longer wanted.
-    pub fn cancel(self) {
+impl Drop for Prefetch {
+    fn drop(&mut self) {
         self.0.abort();
     }
 }

@@ -4,7 +4,7 @@
 use super::upstream_auth::UpstreamAuth;
 use super::{Page, PageRequest, PatientScope, Source, SourceError, compartment_owner};
 use crate::instant::format_instant;
-use crate::ndjson_page::{frame_search_bundle, read_head};
+use crate::ndjson_page::{FramedPage, frame_search_bundle, read_head};
 use async_trait::async_trait;
 use rand::Rng;
 use reqwest::StatusCode;
@@ -185,20 +185,42 @@ impl FhirServerSource {
         }
     }
 
-    /// GET with bounded retries; `Ok(None)` for 404/410.
+    /// GET with bounded retries; `Ok(None)` for 404/410. A body `validate`
+    /// refuses is retried like a failed request.
     async fn get(
         &self,
         url: &str,
         validate: impl Fn(&[u8]) -> bool,
     ) -> Result<Option<bytes::Bytes>, SourceError> {
+        self.get_parsed(url, |b| validate(b).then(|| b.clone()))
+            .await
+    }
+
+    /// One search page from `url`, framed as NDJSON (parsed once: the framing
+    /// is also what tells a good body from a truncated or foreign one).
+    async fn search_page(&self, url: &str, ty: &str) -> Result<FramedPage, SourceError> {
+        self.get_parsed(url, |b| frame_search_bundle(b, ty).ok())
+            .await?
+            .ok_or_else(|| SourceError::Permanent(format!("upstream has no {ty} search (404)")))
+    }
+
+    /// GET with bounded retries; `Ok(None)` for 404/410. A body `parse`
+    /// refuses is retried like a failed request.
+    async fn get_parsed<T>(
+        &self,
+        url: &str,
+        parse: impl Fn(&bytes::Bytes) -> Option<T>,
+    ) -> Result<Option<T>, SourceError> {
         let mut last = String::new();
         for attempt in 0..self.retry.max_attempts {
             if attempt > 0 {
                 tracing::debug!(attempt, reason = %last, "retrying upstream request");
             }
             let wait = match self.attempt(url).await {
-                Attempt::Done(body) if validate(&body) => return Ok(Some(body)),
-                Attempt::Done(_) => {
+                Attempt::Done(body) => {
+                    if let Some(parsed) = parse(&body) {
+                        return Ok(Some(parsed));
+                    }
                     last = "upstream body is not a FHIR JSON resource".into();
                     None
                 }
@@ -291,14 +313,7 @@ impl FhirServerSource {
     ) -> Result<(), SourceError> {
         let mut seen = std::collections::HashSet::new();
         loop {
-            let body = self
-                .get(&url, |b| frame_search_bundle(b, resource_type).is_ok())
-                .await?
-                .ok_or_else(|| {
-                    SourceError::Permanent(format!("upstream has no {resource_type} search (404)"))
-                })?;
-            let framed = frame_search_bundle(&body, resource_type)
-                .map_err(|e| SourceError::Permanent(e.to_string()))?;
+            let framed = self.search_page(&url, resource_type).await?;
             framed
                 .ndjson
                 .split(|b| *b == b'\n')
@@ -353,14 +368,7 @@ impl FhirServerSource {
                         .to_string(),
                 );
                 let ty = req.resource_type;
-                let body = self
-                    .get(&url, |b| frame_search_bundle(b, ty).is_ok())
-                    .await?
-                    .ok_or_else(|| {
-                        SourceError::Permanent(format!("upstream has no {ty} search (404)"))
-                    })?;
-                let framed = frame_search_bundle(&body, ty)
-                    .map_err(|e| SourceError::Permanent(e.to_string()))?;
+                let framed = self.search_page(&url, ty).await?;
                 for line in framed
                     .ndjson
                     .split(|b| *b == b'\n')
@@ -471,12 +479,7 @@ impl Source for FhirServerSource {
             }
         };
         let ty = req.resource_type;
-        let body = self
-            .get(&url, |b| frame_search_bundle(b, ty).is_ok())
-            .await?
-            .ok_or_else(|| SourceError::Permanent(format!("upstream has no {ty} search (404)")))?;
-        let framed =
-            frame_search_bundle(&body, ty).map_err(|e| SourceError::Permanent(e.to_string()))?;
+        let framed = self.search_page(&url, ty).await?;
         let next = match framed.next {
             Some(n) => {
                 if n == url {
