@@ -227,6 +227,7 @@ async fn drive_export(
         .build()
         .map_err(|e| e.to_string())?;
     let t0 = Instant::now();
+    tracing::debug!("kick-off");
     let resp = http
         .get(if query.is_empty() {
             format!("{kick_base}/$export")
@@ -280,6 +281,7 @@ async fn drive_export(
         }
     };
     let elapsed = t0.elapsed().as_secs_f64();
+    tracing::debug!("manifest received");
     let chains = monitor
         .store
         .list_chains(&job_id)

@@ -833,6 +833,7 @@ async fn search(state: &State, reset: &Notify, ty: &str, query: &str) -> Resp {
         return response(200, "application/fhir+json", body);
     }
     state.bump(|st| *st.searches.entry(ty.to_string()).or_default() += 1);
+    tracing::debug!(resource_type = ty, "search page requested");
     if !state.opts.latency.is_zero() {
         tokio::time::sleep(state.opts.latency).await;
     }

@@ -23,6 +23,7 @@ pub mod group;
 pub mod instant;
 pub mod job;
 pub mod job_store;
+pub mod json_scan;
 pub mod kickoff;
 #[cfg(feature = "lambda")]
 pub mod lambda;

@@ -2,8 +2,8 @@
 //! DOM of whole resources. Only `resourceType`, `id` and `meta.lastUpdated`
 //! are read, borrowed from the input.
 
+use crate::json_scan::{Scan, ScanError};
 use serde::Deserialize;
-use serde_json::value::RawValue;
 
 /// The few fields a step reads from a resource.
 #[derive(Debug, Deserialize)]
@@ -32,19 +32,6 @@ pub fn read_head(json: &[u8]) -> Result<ResourceHead<'_>, serde_json::Error> {
     serde_json::from_slice(json)
 }
 
-/// Appends one resource to `out` as a single compact line. A resource that
-/// arrived pretty-printed is re-minified so no line ever contains a newline.
-pub fn push_line(out: &mut Vec<u8>, raw: &RawValue) -> Result<(), serde_json::Error> {
-    let text = raw.get().as_bytes();
-    if text.contains(&b'\n') || text.contains(&b'\r') {
-        minify_into(out, text);
-    } else {
-        out.extend_from_slice(text);
-    }
-    out.push(b'\n');
-    Ok(())
-}
-
 /// Copies valid JSON without the whitespace between tokens, keeping key order
 /// and every value byte for byte (JSON strings cannot hold raw newlines, so
 /// every newline is between tokens).
@@ -70,48 +57,6 @@ pub fn minify_into(out: &mut Vec<u8>, json: &[u8]) {
     }
 }
 
-/// One entry of a search Bundle, with the resource kept raw.
-#[derive(Debug, Deserialize)]
-pub struct BundleEntry<'a> {
-    /// The resource, unparsed.
-    #[serde(default, borrow)]
-    pub resource: Option<&'a RawValue>,
-    /// `entry.search`.
-    #[serde(default)]
-    pub search: Option<EntrySearch>,
-}
-
-/// `Bundle.entry.search`.
-#[derive(Debug, Deserialize)]
-pub struct EntrySearch {
-    /// `match`, `include` or `outcome`.
-    #[serde(default)]
-    pub mode: Option<String>,
-}
-
-/// `Bundle.link`.
-#[derive(Debug, Deserialize)]
-pub struct BundleLink {
-    /// Link relation, e.g. `next`.
-    pub relation: String,
-    /// Target URL.
-    pub url: String,
-}
-
-/// A search-set Bundle with raw entries.
-#[derive(Debug, Deserialize)]
-pub struct SearchBundle<'a> {
-    /// Must be `Bundle`.
-    #[serde(rename = "resourceType")]
-    pub resource_type: &'a str,
-    /// Paging links.
-    #[serde(default)]
-    pub link: Vec<BundleLink>,
-    /// Entries.
-    #[serde(default, borrow)]
-    pub entry: Vec<BundleEntry<'a>>,
-}
-
 /// Why a search page could not be framed.
 #[derive(Debug, thiserror::Error)]
 pub enum FrameError {
@@ -134,42 +79,117 @@ pub struct FramedPage {
     pub next: Option<String>,
 }
 
-/// Frames the `match` entries of a search Bundle as NDJSON.
+/// Frames the `match` entries of a search Bundle as NDJSON in one pass over
+/// the body, which is checked to be valid JSON throughout; each resource is
+/// copied as it arrived (re-minified only if it holds line breaks).
 pub fn frame_search_bundle(body: &[u8], resource_type: &str) -> Result<FramedPage, FrameError> {
-    let bundle: SearchBundle<'_> = serde_json::from_slice(body)
-        .map_err(|e| FrameError::NotABundle(e.classify_name().to_string()))?;
-    if bundle.resource_type != "Bundle" {
-        return Err(FrameError::NotABundle(format!(
-            "resourceType is {}",
-            bundle.resource_type.chars().take(40).collect::<String>()
-        )));
-    }
+    let not_a_bundle = |e: ScanError| FrameError::NotABundle(e.to_string());
+    std::str::from_utf8(body).map_err(|_| FrameError::NotABundle("invalid UTF-8".into()))?;
+    let mut s = Scan::new(body);
     let mut page = FramedPage {
         ndjson: Vec::with_capacity(body.len()),
-        next: bundle
-            .link
-            .into_iter()
-            .find(|l| l.relation == "next")
-            .map(|l| l.url),
-        count: 0,
+        ..FramedPage::default()
     };
-    for entry in bundle.entry {
-        let is_match = entry
-            .search
-            .as_ref()
-            .and_then(|s| s.mode.as_deref())
-            .is_none_or(|m| m == "match");
-        let Some(raw) = entry.resource else { continue };
-        if !is_match {
-            continue;
+    let mut bundle_type: Option<String> = None;
+    let mut wrong_type = false;
+    s.object(|s, key| match key {
+        "resourceType" => {
+            bundle_type = Some(s.string_value()?.into_owned());
+            Ok(())
         }
-        let head = read_head(raw.get().as_bytes())
-            .map_err(|_| FrameError::WrongType(resource_type.into()))?;
-        if head.resource_type != resource_type || head.id.is_none() {
-            return Err(FrameError::WrongType(resource_type.into()));
+        "link" => s.array(|s| {
+            let (mut relation, mut url) = (None, None);
+            s.object(|s, key| match key {
+                "relation" => {
+                    relation = Some(s.string_value()?);
+                    Ok(())
+                }
+                "url" => {
+                    url = Some(s.string_value()?);
+                    Ok(())
+                }
+                _ => s.skip_value(),
+            })?;
+            if relation.as_deref() == Some("next") && page.next.is_none() {
+                page.next = url.map(|u| u.into_owned());
+            }
+            Ok(())
+        }),
+        "entry" => s.array(|s| {
+            let mut resource: Option<(usize, usize, bool)> = None;
+            let mut head_ok = false;
+            let mut is_match = true;
+            s.object(|s, key| match key {
+                "resource" => {
+                    if resource.is_some() {
+                        return Err(ScanError::Syntax);
+                    }
+                    s.peek();
+                    let start = s.i;
+                    s.newline = false;
+                    let (mut ty, mut has_id) = (None, false);
+                    s.object(|s, key| match key {
+                        "resourceType" => {
+                            ty = Some(s.string_value()?);
+                            Ok(())
+                        }
+                        "id" => {
+                            has_id = true;
+                            s.string().map(|_| ())
+                        }
+                        _ => s.skip_value(),
+                    })?;
+                    head_ok = has_id && ty.as_deref() == Some(resource_type);
+                    resource = Some((start, s.i, s.newline));
+                    Ok(())
+                }
+                "search" => s.object(|s, key| match key {
+                    "mode" => {
+                        is_match = s.string_value()? == "match";
+                        Ok(())
+                    }
+                    _ => s.skip_value(),
+                }),
+                _ => s.skip_value(),
+            })?;
+            let Some((start, end, newline)) = resource else {
+                return Ok(());
+            };
+            if !is_match {
+                return Ok(());
+            }
+            if !head_ok {
+                wrong_type = true;
+                return Ok(());
+            }
+            let raw = &body[start..end];
+            if newline {
+                minify_into(&mut page.ndjson, raw);
+            } else {
+                page.ndjson.extend_from_slice(raw);
+            }
+            page.ndjson.push(b'\n');
+            page.count += 1;
+            Ok(())
+        }),
+        _ => s.skip_value(),
+    })
+    .map_err(not_a_bundle)?;
+    if !s.at_end() {
+        return Err(not_a_bundle(ScanError::Syntax));
+    }
+    match bundle_type.as_deref() {
+        Some("Bundle") => {}
+        Some(other) => {
+            return Err(FrameError::NotABundle(format!(
+                "resourceType is {}",
+                other.chars().take(40).collect::<String>()
+            )));
         }
-        push_line(&mut page.ndjson, raw).map_err(|e| FrameError::NotABundle(e.to_string()))?;
-        page.count += 1;
+        None => return Err(FrameError::NotABundle("no resourceType".into())),
+    }
+    if wrong_type {
+        return Err(FrameError::WrongType(resource_type.into()));
     }
     Ok(page)
 }
@@ -208,6 +228,81 @@ mod tests {
             b"{\"resourceType\":\"Patient\",\"id\":\"a\"}\n"
         );
         assert_eq!(page.next.as_deref(), Some("http://x/next"));
+    }
+
+    /// What framing must produce, computed the slow way with a DOM.
+    fn reference(body: &[u8], ty: &str) -> Option<(Vec<serde_json::Value>, Option<String>)> {
+        let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+        if v["resourceType"] != "Bundle" {
+            return None;
+        }
+        let next = v["link"].as_array().and_then(|l| {
+            l.iter()
+                .find(|l| l["relation"] == "next")
+                .and_then(|l| l["url"].as_str().map(str::to_string))
+        });
+        let mut out = Vec::new();
+        for e in v["entry"].as_array().into_iter().flatten() {
+            let mode = e["search"]["mode"].as_str().unwrap_or("match");
+            if e.get("resource").is_none() || mode != "match" {
+                continue;
+            }
+            let r = &e["resource"];
+            if r["resourceType"] != ty || !r["id"].is_string() {
+                return None;
+            }
+            out.push(r.clone());
+        }
+        Some((out, next))
+    }
+
+    #[test]
+    fn framing_agrees_with_a_dom_on_every_prefix_and_byte_flip() {
+        let body = br#"{"resourceType":"Bundle","type":"searchset","total":3,
+          "link":[{"relation":"self","url":"http://x/a"},{"relation":"next","url":"http:\/\/x\/b?p=1&q=\u00e9"}],
+          "entry":[
+            {"fullUrl":"http://x/Observation/1","resource":{"resourceType":"Observation","id":"1",
+              "valueQuantity":{"value":-1.5e3,"unit":"mg"},"note":[{"text":"a \"quoted\"\nline"}],
+              "status":"final","flag":true,"gone":null}},
+            {"resource":{"resourceType":"Observation","id":"2","component":[]},"search":{"mode":"match","score":1}},
+            {"resource":{"resourceType":"Patient","id":"p"},"search":{"mode":"include"}}
+          ]}"#;
+        let whole = frame_search_bundle(body, "Observation").unwrap();
+        assert_eq!(whole.count, 2);
+        assert_eq!(whole.next.as_deref(), Some("http://x/b?p=1&q=\u{e9}"));
+        // The first resource arrived with a line break between tokens.
+        assert_eq!(whole.ndjson.iter().filter(|b| **b == b'\n').count(), 2);
+        let check = |doc: &[u8], what: &str| {
+            let ours = frame_search_bundle(doc, "Observation");
+            match (reference(doc, "Observation"), ours) {
+                (None, Err(_)) => {}
+                (Some((want, next)), Ok(page)) => {
+                    let got: Vec<serde_json::Value> = page
+                        .ndjson
+                        .split(|b| *b == b'\n')
+                        .filter(|l| !l.is_empty())
+                        .map(|l| serde_json::from_slice(l).unwrap())
+                        .collect();
+                    assert_eq!(got, want, "{what}");
+                    assert_eq!(page.count as usize, want.len(), "{what}");
+                    assert_eq!(page.next, next, "{what}");
+                }
+                (want, got) => panic!("{what}: reference {want:?}, framing {got:?}"),
+            }
+        };
+        for cut in 0..body.len() {
+            check(&body[..cut], &format!("prefix of {cut} bytes"));
+        }
+        for (i, flip) in [
+            b'"', b'{', b'}', b'[', b']', b',', b':', b'x', b'\\', b'0', b'\n',
+        ]
+        .iter()
+        .flat_map(|f| (0..body.len()).map(move |i| (i, *f)))
+        {
+            let mut doc = body.to_vec();
+            doc[i] = flip;
+            check(&doc, &format!("byte {i} set to {flip}"));
+        }
     }
 
     #[test]
