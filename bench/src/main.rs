@@ -39,9 +39,14 @@ const POLL: Duration = Duration::from_millis(50);
     about = "End-to-end benchmark of the FHIR Bulk Data exporter (loopback only)"
 )]
 struct Args {
-    /// Patients in the large dataset (the RSS comparison also uses one 10x smaller).
+    /// Patients in the large dataset (the RSS comparison also uses one 10x larger).
     #[arg(long, default_value_t = DEFAULT_PATIENTS)]
     patients: u64,
+    /// Patients of the dataset whose Observations the one-chain comparison
+    /// pages (long enough that a chain's fixed start and end costs do not
+    /// dominate; default 4x `--patients`).
+    #[arg(long)]
+    chain_patients: Option<u64>,
     /// Report file (default: RESULTS.md next to the bench crate's Cargo.toml).
     #[arg(long)]
     out: Option<PathBuf>,
@@ -709,11 +714,32 @@ async fn counted_run(
 #[derive(Debug, Clone, Default)]
 struct ChildRss {
     patients: u64,
+    workers: usize,
     resources: u64,
     bytes: u64,
     elapsed: f64,
     hwm_start_kb: u64,
     hwm_end_kb: u64,
+}
+
+/// The RSS target: three parts plus 64 MB, in MiB.
+fn rss_bound_mib(cfg: &ExportConfig) -> f64 {
+    (3 * cfg.part_size) as f64 / (1024.0 * 1024.0) + 64e6 / (1024.0 * 1024.0)
+}
+
+/// (large, xlarge) measurements with the same worker count.
+fn rss_pairs(rss: &[ChildRss]) -> Vec<(&ChildRss, &ChildRss)> {
+    rss.iter()
+        .filter(|s| {
+            !rss.iter()
+                .any(|o| o.workers == s.workers && o.bytes < s.bytes)
+        })
+        .filter_map(|s| {
+            rss.iter()
+                .find(|l| l.workers == s.workers && l.bytes > s.bytes)
+                .map(|l| (s, l))
+        })
+        .collect()
 }
 
 async fn child_main(args: &Args) -> Result<(), String> {
@@ -774,6 +800,7 @@ async fn rss_child(
     let v: Value = serde_json::from_str(line).map_err(|e| e.to_string())?;
     Ok(ChildRss {
         patients,
+        workers,
         resources: v["resources"].as_u64().unwrap_or(0),
         bytes: v["bytes"].as_u64().unwrap_or(0),
         elapsed: v["elapsed"].as_f64().unwrap_or(0.0),
@@ -1079,25 +1106,24 @@ async fn parent_main(args: Args) -> Result<Option<String>, String> {
     let machine = machine_info();
 
     // 1. Datasets.
+    let xlarge_patients = args.patients * 10;
+    let chain_patients = args.chain_patients.unwrap_or(args.patients * 4);
     eprintln!(
-        "generating datasets ({} and {} patients)…",
-        args.patients,
-        (args.patients / 10).max(1)
+        "generating datasets ({} patients; {xlarge_patients} for RSS; {chain_patients} for one chain)…",
+        args.patients
     );
     let large_dir = work.join("large");
-    let small_dir = work.join("small");
-    let small_patients = (args.patients / 10).max(1);
+    let chain_dir = work.join("chain");
     let t = Instant::now();
     generate(&large_dir, args.patients, 1).map_err(|e| e.to_string())?;
     let gen_secs = t.elapsed().as_secs_f64();
-    generate(&small_dir, small_patients, 2).map_err(|e| e.to_string())?;
+    generate(&chain_dir, chain_patients, 3).map_err(|e| e.to_string())?;
     let large = dataset_summary(&large_dir)?;
-    let small = dataset_summary(&small_dir)?;
+    let chain_data = dataset_summary(&chain_dir)?;
     let (large_n, large_b) = totals(&large);
-    let (small_n, small_b) = totals(&small);
     let types: Vec<String> = large.keys().cloned().collect();
     if args.chain_only {
-        return chain_only(&args, &work, &large_dir, &large, page_size).await;
+        return chain_only(&args, &work, &chain_dir, &chain_data, page_size).await;
     }
 
     // 2. Fixture.
@@ -1181,21 +1207,43 @@ async fn parent_main(args: Args) -> Result<Option<String>, String> {
     let counted = counted_run(&work.join("run-counted"), &fixture, 4, &large).await?;
 
     // 6. Peak RSS in fresh child processes.
+    // Both datasets fill many parts, so the comparison shows whether memory
+    // grows with the data rather than with the part size.
     let mut rss = Vec::new();
-    {
-        let small_fixture = start_fixture(&small_dir, FixtureOptions::default()).await?;
-        rss.push(rss_child(&small_fixture, &work.join("child-small"), small_patients, 4).await?);
+    let t = Instant::now();
+    let xlarge_dir = work.join("xlarge");
+    generate(&xlarge_dir, xlarge_patients, 2).map_err(|e| e.to_string())?;
+    let xlarge_gen_secs = t.elapsed().as_secs_f64();
+    let (xlarge_n, xlarge_b) = totals(&dataset_summary(&xlarge_dir)?);
+    let (chain_n, chain_b) = totals(&chain_data);
+    for workers in [1, 4] {
+        rss.push(rss_child(&fixture, &work.join("child-large"), args.patients, workers).await?);
     }
-    rss.push(rss_child(&fixture, &work.join("child-large"), args.patients, 4).await?);
+    {
+        let xlarge_fixture = start_fixture(&xlarge_dir, FixtureOptions::default()).await?;
+        for workers in [1, 4] {
+            rss.push(
+                rss_child(
+                    &xlarge_fixture,
+                    &work.join("child-xlarge"),
+                    xlarge_patients,
+                    workers,
+                )
+                .await?,
+            );
+        }
+    }
+    let _ = std::fs::remove_dir_all(&xlarge_dir);
     for r in &rss {
         eprintln!(
-            "  child {} patients: {} resources, VmHWM {} kB (after start {} kB)",
-            r.patients, r.resources, r.hwm_end_kb, r.hwm_start_kb
+            "  child {} patients, {} workers: {} resources, VmHWM {} kB (after start {} kB)",
+            r.patients, r.workers, r.resources, r.hwm_end_kb, r.hwm_start_kb
         );
     }
-    // 9a. One chain against the bare client (0 ms), Observation only.
+    // 9a. One chain against the bare client (0 ms), Observation only, on the
+    // chain dataset.
     let obs_types = vec!["Observation".to_string()];
-    let obs: Summary = large
+    let obs: Summary = chain_data
         .iter()
         .filter(|(t, _)| t.as_str() == "Observation")
         .map(|(t, v)| (t.clone(), *v))
@@ -1216,14 +1264,16 @@ async fn parent_main(args: Args) -> Result<Option<String>, String> {
             ..ExportConfig::default()
         },
     };
+    drop(fixture);
+    let chain_fast = start_fixture(&chain_dir, FixtureOptions::default()).await?;
     let fast_source = SourceSpec::Fhir {
-        base: fixture.base_url().to_string(),
+        base: chain_fast.base_url().to_string(),
         token: None,
     };
     let obs_fast = ChainScenario {
         latency_ms: 0,
         bare: bare_median(
-            fixture.base_url(),
+            chain_fast.base_url(),
             &obs_types,
             page_size,
             false,
@@ -1236,7 +1286,7 @@ async fn parent_main(args: Args) -> Result<Option<String>, String> {
             fast_source.clone(),
             (8, &one_chain),
             &obs,
-            Some(&fixture),
+            Some(&chain_fast),
             args.repeat,
         )
         .await?,
@@ -1246,12 +1296,12 @@ async fn parent_main(args: Args) -> Result<Option<String>, String> {
             fast_source,
             (8, &split),
             &obs,
-            Some(&fixture),
+            Some(&chain_fast),
             args.repeat,
         )
         .await?,
     };
-    drop(fixture);
+    drop(chain_fast);
 
     // 8. Latency scenario.
     let slow = start_fixture(
@@ -1286,7 +1336,16 @@ async fn parent_main(args: Args) -> Result<Option<String>, String> {
             .await?,
         );
     }
+    drop(slow);
     // 9b. The same at the realistic latency.
+    let slow = start_fixture(
+        &chain_dir,
+        FixtureOptions {
+            latency: Duration::from_millis(args.latency_ms),
+            ..FixtureOptions::default()
+        },
+    )
+    .await?;
     let slow_source = SourceSpec::Fhir {
         base: slow.base_url().to_string(),
         token: None,
@@ -1379,17 +1438,20 @@ async fn parent_main(args: Args) -> Result<Option<String>, String> {
         hot.memcpy_bps / MB,
         hot.memcpy_bps / hot.frame_bps
     );
-    if let [s, l] = rss.as_slice() {
+    for (s, l) in rss_pairs(&rss) {
         let _ = writeln!(
             r,
-            "- Peak RSS of the exporter process: {:.1} MiB for {:.1} MB of data, {:.1} MiB for \
-             {:.1} MB (data {:.1}×, RSS {:.2}×).",
+            "- Peak RSS of the exporter process with {} worker{}: {:.1} MiB for {:.0} MB of data, \
+             {:.1} MiB for {:.0} MB (data {:.1}×, RSS {:.2}×; bound 3 × part + 64 MB = {:.0} MiB).",
+            s.workers,
+            if s.workers == 1 { "" } else { "s" },
             s.hwm_end_kb as f64 / 1024.0,
             s.bytes as f64 / MB,
             l.hwm_end_kb as f64 / 1024.0,
             l.bytes as f64 / MB,
             l.bytes as f64 / s.bytes.max(1) as f64,
-            l.hwm_end_kb as f64 / s.hwm_end_kb.max(1) as f64
+            l.hwm_end_kb as f64 / s.hwm_end_kb.max(1) as f64,
+            rss_bound_mib(&cfg)
         );
     }
     let _ = writeln!(
@@ -1419,12 +1481,19 @@ async fn parent_main(args: Args) -> Result<Option<String>, String> {
     let _ = writeln!(r, "## Datasets\n");
     let _ = writeln!(
         r,
-        "| dataset | patients | resources (excl. Group) | NDJSON MB |\n|---|---:|---:|---:|\n| large | {} | {large_n} | {:.1} |\n| small | {small_patients} | {small_n} | {:.1} |\n",
+        "| dataset | used for | patients | resources (excl. Group) | NDJSON MB |\n|---|---|---:|---:|---:|\n\
+         | large | system exports, requests, RSS | {} | {large_n} | {:.1} |\n\
+         | chain | one chain vs the upstream, partitions | {chain_patients} | {chain_n} | {:.1} |\n\
+         | xlarge | RSS | {xlarge_patients} | {xlarge_n} | {:.1} |\n",
         args.patients,
         large_b as f64 / MB,
-        small_b as f64 / MB
+        chain_b as f64 / MB,
+        xlarge_b as f64 / MB
     );
-    let _ = writeln!(r, "Generating the large dataset took {gen_secs:.2} s.\n");
+    let _ = writeln!(
+        r,
+        "Generating the large dataset took {gen_secs:.2} s, the xlarge one {xlarge_gen_secs:.2} s.\n"
+    );
     let _ = writeln!(r, "## Hot path: framing a search Bundle vs memcpy\n");
     let _ = writeln!(
         r,
@@ -1488,19 +1557,30 @@ async fn parent_main(args: Args) -> Result<Option<String>, String> {
     let _ = writeln!(r, "\n## Peak RSS\n");
     let _ = writeln!(
         r,
-        "Each dataset exported (FHIR source, 4 workers) by a fresh child process of the bench \
+        "Each dataset exported (system level, FHIR source) by a fresh child process of the bench \
          binary (`bench --child`), which holds the exporter stack with embedded dynoxide and \
          s3s-fs; the fixture server stays in the parent, so its copy of the data is not counted. \
-         VmHWM from /proc/self/status after the stack started and after the manifest arrived.\n"
+         VmHWM from /proc/self/status after the stack started and after the manifest arrived. \
+         One worker is what one chunk-worker Lambda invocation holds (the target bound is \
+         3 × part size + 64 MB = {:.0} MiB); with 4 workers four steps run at once in the \
+         process. Both datasets are many parts long, so a difference between them is memory \
+         that grows with the data.\n",
+        rss_bound_mib(&cfg)
     );
     let _ = writeln!(
         r,
-        "| dataset | patients | resources | NDJSON MB | time (s) | VmHWM after start (MiB) | VmHWM at end (MiB) |\n|---|---:|---:|---:|---:|---:|---:|"
+        "| dataset | workers | patients | resources | NDJSON MB | time (s) | VmHWM after start (MiB) | VmHWM at end (MiB) |\n|---|---:|---:|---:|---:|---:|---:|---:|"
     );
-    for (name, c) in ["small", "large"].iter().zip(&rss) {
+    for c in &rss {
+        let name = if c.patients == args.patients {
+            "large"
+        } else {
+            "xlarge"
+        };
         let _ = writeln!(
             r,
-            "| {name} | {} | {} | {:.1} | {} | {:.1} | {:.1} |",
+            "| {name} | {} | {} | {} | {:.1} | {} | {:.1} | {:.1} |",
+            c.workers,
             c.patients,
             c.resources,
             c.bytes as f64 / MB,
@@ -1509,10 +1589,12 @@ async fn parent_main(args: Args) -> Result<Option<String>, String> {
             c.hwm_end_kb as f64 / 1024.0
         );
     }
-    if let [s, l] = rss.as_slice() {
+    for (s, l) in rss_pairs(&rss) {
         let _ = writeln!(
             r,
-            "\nData grew {:.1}×; peak RSS grew {:.2}× ({:+.1} MiB).",
+            "\n{} worker{}: data grew {:.1}×; peak RSS grew {:.2}× ({:+.1} MiB).",
+            s.workers,
+            if s.workers == 1 { "" } else { "s" },
             l.bytes as f64 / s.bytes.max(1) as f64,
             l.hwm_end_kb as f64 / s.hwm_end_kb.max(1) as f64,
             (l.hwm_end_kb as f64 - s.hwm_end_kb as f64) / 1024.0
@@ -1580,7 +1662,7 @@ fn chain_section(rows: &[&ChainScenario], n: u64, bytes: u64, page_size: usize) 
     let _ = writeln!(
         t,
         "\n## One chain vs the upstream, and partitions\n\n\
-         `_type=Observation` ({n} resources, {:.1} MB), 8 workers. *Bare client*: one stream \
+         `_type=Observation` of the chain dataset ({n} resources, {:.1} MB), 8 workers. *Bare client*: one stream \
          paging `Observation?_count={page_size}` and discarding the bytes. *1 chain*: \
          `max_partitions = 1`, so the whole type is one sequential chain (kick-off to manifest, \
          including kick-off, the final file completion and the 50 ms status polling). \

@@ -34,10 +34,10 @@ pub async fn cancel(
         .await
         .map_err(|e| unavailable(&e))?;
     for chain in chains {
-        if let Some(open) = &chain.open_file
-            && let Err(e) = svc.objects.abort_upload(&open.key, &open.upload_id).await
-        {
-            tracing::warn!(job_id = %job.id, error = %e, "could not abort upload on cancel");
+        for open in [&chain.open_file, &chain.closing].into_iter().flatten() {
+            if let Err(e) = svc.objects.abort_upload(&open.key, &open.upload_id).await {
+                tracing::warn!(job_id = %job.id, error = %e, "could not abort upload on cancel");
+            }
         }
     }
     svc.objects

@@ -11,7 +11,7 @@ use crate::job::{Chain, ChainState, FileKind, FileRecord, Job, JobStatus, StepEv
 use crate::job_store::StoreError;
 use crate::object_store::ObjectError;
 use crate::outcome::{Severity, operation_outcome};
-use crate::part_writer::{self, PartData, PendingPart};
+use crate::part_writer::{self, Closing, PartData, PendingPart};
 use crate::prefetch::{PageQuery, Prefetch};
 use crate::services::ExportServices;
 use crate::source::SourceError;
@@ -139,8 +139,12 @@ async fn recover_lost_upload(
     let Some(mut chain) = svc.store.get_chain(&ev.job_id, &ev.chain_id).await? else {
         return Ok(StepOutcome::Stale);
     };
-    let lost = match &chain.open_file {
-        Some(open) if open.key == key && chain.step == ev.step => open.clone(),
+    if chain.step != ev.step {
+        return Ok(StepOutcome::Stale);
+    }
+    let lost = match (&chain.closing, &chain.open_file) {
+        (Some(closing), _) if closing.key == key => closing.clone(),
+        (_, Some(open)) if open.key == key => open.clone(),
         _ => return Ok(StepOutcome::Stale),
     };
     tracing::warn!(job_id = %ev.job_id, chain = %ev.chain_id, file = lost.number, "upload lost; exporting the file again from its start");
@@ -148,7 +152,18 @@ async fn recover_lost_upload(
     chain.skip = lost.start_skip;
     // The file's pages are followed again: that is a rewind, not a loop.
     chain.visited.clear();
-    chain.exported = chain.exported.saturating_sub(lost.count);
+    let mut rewound = lost.count;
+    if chain.closing.take().is_some()
+        && let Some(open) = chain.open_file.take()
+    {
+        // The file after the lost one is exported again too (its number
+        // stays unused).
+        rewound += open.count;
+        if let Err(e) = svc.objects.abort_upload(&open.key, &open.upload_id).await {
+            tracing::warn!(job_id = %ev.job_id, error = %e, "could not abort a rewound upload");
+        }
+    }
+    chain.exported = chain.exported.saturating_sub(rewound);
     chain.open_file = None;
     chain.reserved_number = Some(lost.number);
     chain.step += 1;
@@ -283,6 +298,13 @@ async fn export_parts(
     let mut prefetched: Option<Prefetch> = None;
     let mut pending: Option<PendingPart> = None;
     let mut parts_started = 0usize;
+    // A file left closing by an earlier invocation is completed (again:
+    // completion is idempotent) before anything else.
+    if let Some(file) = chain.closing.clone() {
+        part_writer::complete_file(svc, &job, &chain.resource_type, &file).await?;
+        chain.closing = None;
+    }
+    let mut closing: Option<Closing> = None;
     loop {
         let file_bytes = chain.open_file.as_ref().map_or(0, |o| o.bytes)
             + pending.as_ref().map_or(0, PendingPart::bytes);
@@ -340,6 +362,11 @@ async fn export_parts(
                     settle(svc, &job, &mut chain, &mut pending, total, committed).await?
             {
                 return Ok(out);
+            }
+            if closing.as_ref().is_some_and(Closing::is_done)
+                && let Some(c) = closing.take()
+            {
+                c.finish(&mut chain).await?;
             }
             if buf.len() + data.len() <= room {
                 buf.extend_from_slice(data);
@@ -432,10 +459,13 @@ async fn export_parts(
         if (roll || oversized)
             && let Some(open) = chain.open_file.take()
         {
-            part_writer::complete_file(svc, &job, &chain, &open).await?;
-            if !won(svc.store.save_chain(&mut chain).await)? {
-                return Ok(StepOutcome::Stale);
+            // The full file completes on its own task while the next one
+            // fills; the chain keeps it as `closing` until it is recorded.
+            if let Some(c) = closing.take() {
+                c.finish(&mut chain).await?;
             }
+            chain.closing = Some(open.clone());
+            closing = Some(Closing::start(svc, &job, &chain.resource_type, open));
         }
 
         // Before anything of this part is committed, so a committed step's
@@ -474,6 +504,10 @@ async fn export_parts(
                 Some(_) => continue,
                 None => return Ok(StepOutcome::Stale),
             }
+        }
+        // A chain finishes, and an invocation hands over, with no file closing.
+        if let Some(c) = closing.take() {
+            c.finish(&mut chain).await?;
         }
         if let Some(out) = settle(svc, &job, &mut chain, &mut pending, total, committed).await? {
             return Ok(out);
@@ -544,11 +578,14 @@ pub async fn fail_chain(
     err: &(dyn std::fmt::Display + Sync),
 ) -> Result<StepOutcome, StepError> {
     tracing::warn!(job_id = %job.id, chain = %chain.chain_id, error = %err, "chain failed");
+    if let Some(closing) = chain.closing.take() {
+        part_writer::complete_file(svc, job, &chain.resource_type, &closing).await?;
+    }
     if let Some(open) = chain.open_file.take() {
         if open.parts.is_empty() {
             svc.objects.abort_upload(&open.key, &open.upload_id).await?;
         } else {
-            part_writer::complete_file(svc, job, &chain, &open).await?;
+            part_writer::complete_file(svc, job, &chain.resource_type, &open).await?;
         }
     }
     let message = format!(
@@ -570,7 +607,10 @@ async fn cancel_chain(
     job: &Job,
     mut chain: Chain,
 ) -> Result<StepOutcome, StepError> {
-    if let Some(open) = chain.open_file.take() {
+    for open in [chain.open_file.take(), chain.closing.take()]
+        .into_iter()
+        .flatten()
+    {
         svc.objects.abort_upload(&open.key, &open.upload_id).await?;
     }
     chain.state = ChainState::Cancelled;
@@ -679,6 +719,7 @@ pub fn new_chain(job_id: &str, chain_id: &str, resource_type: &str) -> Chain {
         step: 0,
         state: ChainState::Running,
         open_file: None,
+        closing: None,
         reserved_number: None,
         exported: 0,
         total: None,

@@ -183,6 +183,10 @@ pub struct Chain {
     pub state: ChainState,
     /// File being written, if any.
     pub open_file: Option<OpenFile>,
+    /// A full file whose completion runs while the next one fills; it stays
+    /// here until it is complete and recorded, so a crash cannot lose it.
+    #[serde(default)]
+    pub closing: Option<OpenFile>,
     /// A file number allocated for the next file but not yet opened.
     pub reserved_number: Option<u32>,
     /// Resources exported so far by this chain.

@@ -175,7 +175,7 @@ pub(crate) async fn commit(
     if (part.exhausted || small_tail || already_completed)
         && let Some(open) = chain.open_file.take()
     {
-        complete_file(svc, job, chain, &open).await?;
+        complete_file(svc, job, &chain.resource_type, &open).await?;
     }
     if part.exhausted {
         chain.state = ChainState::Done;
@@ -253,11 +253,44 @@ async fn object_appears(
     Ok(false)
 }
 
+/// A full file's completion, running on its own task.
+pub(crate) struct Closing(JoinHandle<Result<(), StepError>>);
+
+impl Closing {
+    /// Starts completing `file` (already moved to `chain.closing`).
+    pub(crate) fn start(
+        svc: &ExportServices,
+        job: &Job,
+        resource_type: &str,
+        file: OpenFile,
+    ) -> Self {
+        let (svc, job, ty) = (svc.clone(), job.clone(), resource_type.to_string());
+        Self(tokio::spawn(async move {
+            complete_file(&svc, &job, &ty, &file).await
+        }))
+    }
+
+    /// Whether the completion has ended (successfully or not).
+    pub(crate) fn is_done(&self) -> bool {
+        self.0.is_finished()
+    }
+
+    /// Waits for the completion; on success the chain forgets the file
+    /// (recorded by the chain's next write).
+    pub(crate) async fn finish(self, chain: &mut Chain) -> Result<(), StepError> {
+        self.0
+            .await
+            .map_err(|e| ObjectError::Backend(format!("file completion task: {e}")))??;
+        chain.closing = None;
+        Ok(())
+    }
+}
+
 /// Completes a file (idempotently) and records it.
 pub(crate) async fn complete_file(
     svc: &ExportServices,
     job: &Job,
-    chain: &Chain,
+    resource_type: &str,
     open: &OpenFile,
 ) -> Result<(), StepError> {
     if let Err(e) = svc
@@ -275,7 +308,7 @@ pub(crate) async fn complete_file(
         }
     }
     let record = FileRecord {
-        resource_type: chain.resource_type.clone(),
+        resource_type: resource_type.to_string(),
         number: open.number,
         key: open.key.clone(),
         count: open.count,
