@@ -298,13 +298,12 @@ async fn export_parts(
     let mut prefetched: Option<Prefetch> = None;
     let mut pending: Option<PendingPart> = None;
     let mut parts_started = 0usize;
-    // A file left closing by an earlier invocation is completed (again:
-    // completion is idempotent) before anything else.
-    if let Some(file) = chain.closing.clone() {
-        part_writer::complete_file(svc, &job, &chain.resource_type, &file).await?;
-        chain.closing = None;
-    }
-    let mut closing: Option<Closing> = None;
+    // A file left closing by an earlier invocation is completed again
+    // (completion is idempotent), alongside this step's pages.
+    let mut closing: Option<Closing> = chain
+        .closing
+        .clone()
+        .map(|file| Closing::start(svc, &job, &chain.resource_type, file));
     loop {
         let file_bytes = chain.open_file.as_ref().map_or(0, |o| o.bytes)
             + pending.as_ref().map_or(0, PendingPart::bytes);
@@ -505,8 +504,11 @@ async fn export_parts(
                 None => return Ok(StepOutcome::Stale),
             }
         }
-        // A chain finishes, and an invocation hands over, with no file closing.
-        if let Some(c) = closing.take() {
+        // A chain finishes with no file closing; a hand-over leaves a
+        // closing file to the next step unless it is done already.
+        if (exhausted || closing.as_ref().is_some_and(Closing::is_done))
+            && let Some(c) = closing.take()
+        {
             c.finish(&mut chain).await?;
         }
         if let Some(out) = settle(svc, &job, &mut chain, &mut pending, total, committed).await? {

@@ -237,16 +237,20 @@ pub(crate) async fn open_new_file(
     }
 }
 
-/// Waits briefly for an object a concurrent completion is writing; true if it
-/// exists (with `size`, when given).
+/// Waits briefly for an object a concurrent completion is writing; true once
+/// it exists (with `size`, when given).
 async fn object_appears(
     svc: &ExportServices,
     key: &str,
     size: Option<u64>,
 ) -> Result<bool, StepError> {
+    // A store that writes the object in place (s3s-fs) shows it growing
+    // while a completion runs: wait for the whole size, not just the key.
     for attempt in 0..6u64 {
-        if let Some(found) = svc.objects.object_size(key).await? {
-            return Ok(size.is_none_or(|s| s == found));
+        if let Some(found) = svc.objects.object_size(key).await?
+            && size.is_none_or(|s| s == found)
+        {
+            return Ok(true);
         }
         tokio::time::sleep(Duration::from_millis(50 * (attempt + 1))).await;
     }
