@@ -494,3 +494,61 @@ async fn a_lost_upload_is_exported_again_from_the_file_start() {
         chain.visited.len()
     );
 }
+
+/// Runs the first step of an Observation export, then leaves its file as a
+/// full file still closing (as an invocation that handed over mid-completion
+/// does), its upload lost or not; the rest of the export must be exact.
+async fn closing_file_left_over(prefix: &str, lose_upload: bool) {
+    let mut config = small_config();
+    config.parts_per_invocation = 1;
+    let (_dir, src, stack) = ndjson_stack(prefix, 400, 5, config, 0).await;
+    let svc = stack.services.clone();
+    let status_url = kickoff(&stack.base_url, "_type=Observation").await;
+    let job_id = status_url.rsplit('/').next().unwrap().to_string();
+    let first = stack.queue.try_next().await.unwrap();
+    run_step(&svc, &first, None).await.unwrap();
+    let mut chain = svc
+        .store
+        .get_chain(&job_id, "Observation")
+        .await
+        .unwrap()
+        .unwrap();
+    let file = chain
+        .open_file
+        .take()
+        .expect("the first part left its file open");
+    if lose_upload {
+        svc.objects
+            .abort_upload(&file.key, &file.upload_id)
+            .await
+            .unwrap();
+    }
+    chain.closing = Some(file.clone());
+    svc.store.save_chain(&mut chain).await.unwrap();
+    drain(&stack, &svc).await;
+    let manifest = wait_complete(&status_url).await;
+    assert_eq!(manifest["error"], serde_json::json!([]));
+    verify_complete(&status_url, &src, &["Observation"]).await;
+    let files = svc.store.list_files(&job_id).await.unwrap();
+    assert!(
+        files.iter().any(|f| f.key == file.key && f.count > 0),
+        "the closing file is in the manifest, completed or exported again"
+    );
+    let done = svc
+        .store
+        .get_chain(&job_id, "Observation")
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(done.closing.is_none() && done.open_file.is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_left_closing_is_completed_by_the_next_step() {
+    closing_file_left_over("closing", false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_left_closing_whose_upload_was_lost_is_exported_again() {
+    closing_file_left_over("closinglost", true).await;
+}
