@@ -69,6 +69,10 @@ struct Args {
     /// configured latency, print the ratio, and write no report (for tuning).
     #[arg(long)]
     chain_only: bool,
+    /// Only measure the peak RSS of one-worker exports of the large and
+    /// xlarge datasets, print them, and write no report (for tuning).
+    #[arg(long)]
+    rss_only: bool,
     /// Run as a measured child process (internal).
     #[arg(long, hide = true)]
     child: bool,
@@ -722,6 +726,62 @@ struct ChildRss {
     hwm_end_kb: u64,
 }
 
+/// Peak RSS of exports of the large dataset (served by `fixture`) and of
+/// the xlarge one, 10x larger.
+struct PeakRss {
+    runs: Vec<ChildRss>,
+    gen_secs: f64,
+    n: u64,
+    bytes: u64,
+}
+
+async fn peak_rss(
+    args: &Args,
+    work: &Path,
+    fixture: &FixtureHandle,
+    worker_counts: &[usize],
+) -> Result<PeakRss, String> {
+    // Both datasets fill many parts, so the comparison shows whether memory
+    // grows with the data rather than with the part size.
+    let xlarge_patients = args.patients * 10;
+    let mut runs = Vec::new();
+    let t = Instant::now();
+    let xlarge_dir = work.join("xlarge");
+    generate(&xlarge_dir, xlarge_patients, 2).map_err(|e| e.to_string())?;
+    let gen_secs = t.elapsed().as_secs_f64();
+    let (n, bytes) = totals(&dataset_summary(&xlarge_dir)?);
+    for &workers in worker_counts {
+        runs.push(rss_child(fixture, &work.join("child-large"), args.patients, workers).await?);
+    }
+    {
+        let xlarge_fixture = start_fixture(&xlarge_dir, FixtureOptions::default()).await?;
+        for &workers in worker_counts {
+            runs.push(
+                rss_child(
+                    &xlarge_fixture,
+                    &work.join("child-xlarge"),
+                    xlarge_patients,
+                    workers,
+                )
+                .await?,
+            );
+        }
+    }
+    let _ = std::fs::remove_dir_all(&xlarge_dir);
+    for r in &runs {
+        eprintln!(
+            "  child {} patients, {} workers: {} resources, VmHWM {} kB (after start {} kB)",
+            r.patients, r.workers, r.resources, r.hwm_end_kb, r.hwm_start_kb
+        );
+    }
+    Ok(PeakRss {
+        runs,
+        gen_secs,
+        n,
+        bytes,
+    })
+}
+
 /// The RSS target: three parts plus 64 MB, in MiB.
 fn rss_bound_mib(cfg: &ExportConfig) -> f64 {
     (3 * cfg.part_size) as f64 / (1024.0 * 1024.0) + 64e6 / (1024.0 * 1024.0)
@@ -1128,6 +1188,10 @@ async fn parent_main(args: Args) -> Result<Option<String>, String> {
 
     // 2. Fixture.
     let fixture = start_fixture(&large_dir, FixtureOptions::default()).await?;
+    if args.rss_only {
+        peak_rss(&args, &work, &fixture, &[1]).await?;
+        return Ok(None);
+    }
     eprintln!(
         "fixture on {} with {large_n} resources ({:.1} MB)",
         fixture.base_url(),
@@ -1207,39 +1271,9 @@ async fn parent_main(args: Args) -> Result<Option<String>, String> {
     let counted = counted_run(&work.join("run-counted"), &fixture, 4, &large).await?;
 
     // 6. Peak RSS in fresh child processes.
-    // Both datasets fill many parts, so the comparison shows whether memory
-    // grows with the data rather than with the part size.
-    let mut rss = Vec::new();
-    let t = Instant::now();
-    let xlarge_dir = work.join("xlarge");
-    generate(&xlarge_dir, xlarge_patients, 2).map_err(|e| e.to_string())?;
-    let xlarge_gen_secs = t.elapsed().as_secs_f64();
-    let (xlarge_n, xlarge_b) = totals(&dataset_summary(&xlarge_dir)?);
+    let peak = peak_rss(&args, &work, &fixture, &[1, 4]).await?;
+    let (rss, xlarge_gen_secs, xlarge_n, xlarge_b) = (peak.runs, peak.gen_secs, peak.n, peak.bytes);
     let (chain_n, chain_b) = totals(&chain_data);
-    for workers in [1, 4] {
-        rss.push(rss_child(&fixture, &work.join("child-large"), args.patients, workers).await?);
-    }
-    {
-        let xlarge_fixture = start_fixture(&xlarge_dir, FixtureOptions::default()).await?;
-        for workers in [1, 4] {
-            rss.push(
-                rss_child(
-                    &xlarge_fixture,
-                    &work.join("child-xlarge"),
-                    xlarge_patients,
-                    workers,
-                )
-                .await?,
-            );
-        }
-    }
-    let _ = std::fs::remove_dir_all(&xlarge_dir);
-    for r in &rss {
-        eprintln!(
-            "  child {} patients, {} workers: {} resources, VmHWM {} kB (after start {} kB)",
-            r.patients, r.workers, r.resources, r.hwm_end_kb, r.hwm_start_kb
-        );
-    }
     // 9a. One chain against the bare client (0 ms), Observation only, on the
     // chain dataset.
     let obs_types = vec!["Observation".to_string()];

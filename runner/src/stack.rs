@@ -175,6 +175,7 @@ pub async fn build(opts: &StackOptions, base_url: String) -> Result<Stack, Stack
 /// Starts everything: embedded servers, workers, watchdog, HTTP server.
 /// Jobs left running by an earlier process on the same data directory resume.
 pub async fn start(opts: StackOptions) -> Result<Stack, StackError> {
+    bulk_export_core::heap::return_freed_blocks();
     let listener = tokio::net::TcpListener::bind(opts.listen)
         .await
         .map_err(|e| StackError(format!("cannot listen on {}: {e}", opts.listen)))?;

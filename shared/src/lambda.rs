@@ -44,6 +44,7 @@ pub fn init_logging() {
 /// Builds services from `BULK_EXPORT_*` variables and the SDK's default
 /// configuration (endpoints honour `AWS_ENDPOINT_URL_*`).
 pub async fn services_from_env() -> Result<ExportServices, StartupError> {
+    crate::heap::return_freed_blocks();
     let mut config = ExportConfig::from_env().map_err(|e| StartupError(e.to_string()))?;
     if let Ok(public) = std::env::var("BULK_EXPORT_PUBLIC_BASE_URL")
         && !public.is_empty()

@@ -20,6 +20,7 @@ pub mod export_request;
 pub mod failed_step_queue;
 pub mod failed_steps;
 pub mod group;
+pub mod heap;
 pub mod instant;
 pub mod job;
 pub mod job_store;
