@@ -1268,6 +1268,7 @@ mod tests {
                 page_size: 50,
                 scope: &scope,
                 batch: None,
+                read_ahead_below: 0,
             };
             let page = source.fetch_page(&req).await.unwrap();
             for line in page.ndjson.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {

@@ -270,7 +270,7 @@ async fn export_parts(
     };
     let total = if chain.step == 0 && chain.total.is_none() && !chain.referenced {
         svc.source
-            .estimate(&query.request(None))
+            .estimate(&query.request(None, 0))
             .await
             .ok()
             .flatten()
@@ -304,6 +304,18 @@ async fn export_parts(
         .closing
         .clone()
         .map(|file| Closing::start(svc, &job, &chain.resource_type, file));
+    // What the loop promises the source: it reads past a page whose body
+    // leaves the part under `part_size` (the open file always has at least
+    // that much room), so the source may request the following page early.
+    let reads_ahead = !chain.referenced;
+    let read_ahead_below = |after: usize| {
+        let near_deadline = deadline.is_some_and(|d| Instant::now() + 2 * DEADLINE_RESERVE >= d);
+        if reads_ahead && !near_deadline {
+            cfg.part_size.saturating_sub(after)
+        } else {
+            0
+        }
+    };
     loop {
         let file_bytes = chain.open_file.as_ref().map_or(0, |o| o.bytes)
             + pending.as_ref().map_or(0, PendingPart::bytes);
@@ -332,7 +344,9 @@ async fn export_parts(
             } else if chain.referenced {
                 crate::referenced::fetch_page(svc, &job, &resource_type, cursor.as_deref()).await
             } else {
-                query.fetch(cursor.as_deref()).await
+                query
+                    .fetch(cursor.as_deref(), read_ahead_below(buf.len()))
+                    .await
             };
             let page = match fetched {
                 Ok(p) => p,
@@ -352,7 +366,7 @@ async fn export_parts(
                 && deadline.is_none_or(|d| Instant::now() + DEADLINE_RESERVE < d)
                 && let Some(next) = &page.next
             {
-                prefetched = Some(query.spawn(next.clone()));
+                prefetched = Some(query.spawn(next.clone(), read_ahead_below(after)));
             }
             // The previous part is committed as soon as its upload is done,
             // while the next page is on its way.
@@ -448,7 +462,7 @@ async fn export_parts(
             && !chain.referenced
             && let Some(c) = &cursor
         {
-            prefetched = Some(query.spawn(c.clone()));
+            prefetched = Some(query.spawn(c.clone(), read_ahead_below(0)));
         }
 
         // Parts are committed in order: the previous one first.

@@ -79,6 +79,47 @@ pub struct FramedPage {
     pub next: Option<String>,
 }
 
+/// Reads a Bundle's `link` array; returns the first `next` URL.
+fn next_link(s: &mut Scan<'_>) -> Result<Option<String>, ScanError> {
+    let mut next = None;
+    s.array(|s| {
+        let (mut relation, mut url) = (None, None);
+        s.object(|s, key| match key {
+            "relation" => {
+                relation = Some(s.string_value()?);
+                Ok(())
+            }
+            "url" => {
+                url = Some(s.string_value()?);
+                Ok(())
+            }
+            _ => s.skip_value(),
+        })?;
+        if relation.as_deref() == Some("next") && next.is_none() {
+            next = url.map(|u| u.into_owned());
+        }
+        Ok(())
+    })?;
+    Ok(next)
+}
+
+/// A search Bundle's `next` link read without framing its entries, when
+/// `link` comes before `entry`; `None` when that cannot be told cheaply.
+pub fn early_next_link(body: &[u8]) -> Option<Option<String>> {
+    let mut s = Scan::new(body);
+    let mut found = None;
+    // The scan stops (with an error nobody reads) at `entry` or after `link`.
+    let _ = s.object(|s, key| match key {
+        "link" => {
+            found = Some(next_link(s)?);
+            Err(ScanError::Syntax)
+        }
+        "entry" => Err(ScanError::Syntax),
+        _ => s.skip_value(),
+    });
+    found
+}
+
 /// Frames the `match` entries of a search Bundle as NDJSON in one pass over
 /// the body, which is checked to be valid JSON throughout; each resource is
 /// copied as it arrived (re-minified only if it holds line breaks).
@@ -97,24 +138,10 @@ pub fn frame_search_bundle(body: &[u8], resource_type: &str) -> Result<FramedPag
             bundle_type = Some(s.string_value()?.into_owned());
             Ok(())
         }
-        "link" => s.array(|s| {
-            let (mut relation, mut url) = (None, None);
-            s.object(|s, key| match key {
-                "relation" => {
-                    relation = Some(s.string_value()?);
-                    Ok(())
-                }
-                "url" => {
-                    url = Some(s.string_value()?);
-                    Ok(())
-                }
-                _ => s.skip_value(),
-            })?;
-            if relation.as_deref() == Some("next") && page.next.is_none() {
-                page.next = url.map(|u| u.into_owned());
-            }
+        "link" => {
+            page.next = next_link(s)?;
             Ok(())
-        }),
+        }
         "entry" => s.array(|s| {
             let mut resource: Option<(usize, usize, bool)> = None;
             let mut head_ok = false;
@@ -303,6 +330,19 @@ mod tests {
             doc[i] = flip;
             check(&doc, &format!("byte {i} set to {flip}"));
         }
+    }
+
+    #[test]
+    fn next_link_is_read_early_only_before_the_entries() {
+        let early = br#"{"resourceType":"Bundle","link":[{"relation":"self","url":"a"},{"relation":"next","url":"b"}],"entry":[{"resource":{"resourceType":"Patient","id":"x"}}]}"#;
+        assert_eq!(early_next_link(early), Some(Some("b".into())));
+        let last =
+            br#"{"resourceType":"Bundle","link":[{"relation":"self","url":"a"}],"entry":[]}"#;
+        assert_eq!(early_next_link(last), Some(None));
+        let late =
+            br#"{"resourceType":"Bundle","entry":[],"link":[{"relation":"next","url":"b"}]}"#;
+        assert_eq!(early_next_link(late), None);
+        assert_eq!(early_next_link(b"<html>"), None);
     }
 
     #[test]

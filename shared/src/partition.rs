@@ -149,6 +149,7 @@ pub async fn split_chain(
                 page_size: 1,
                 scope: &scope,
                 batch: None,
+                read_ahead_below: 0,
             };
             svc.source.estimate(&req).await?.ok_or_else(|| {
                 SourceError::Permanent("the source gave no count for a partition probe".into())

@@ -30,8 +30,13 @@ pub struct PageQuery {
 pub struct Prefetch(JoinHandle<Result<Page, SourceError>>);
 
 impl PageQuery {
-    /// The request for the page at `cursor`.
-    pub fn request<'a>(&'a self, cursor: Option<&'a str>) -> PageRequest<'a> {
+    /// The request for the page at `cursor`; the caller will read the next
+    /// page if this one's body is under `read_ahead_below` bytes.
+    pub fn request<'a>(
+        &'a self,
+        cursor: Option<&'a str>,
+        read_ahead_below: usize,
+    ) -> PageRequest<'a> {
         PageRequest {
             resource_type: &self.resource_type,
             cursor,
@@ -41,20 +46,27 @@ impl PageQuery {
             page_size: self.page_size,
             scope: &self.scope,
             batch: self.batch.as_deref(),
+            read_ahead_below,
         }
     }
 
     /// Fetches the page at `cursor`.
-    pub async fn fetch(&self, cursor: Option<&str>) -> Result<Page, SourceError> {
-        self.source.fetch_page(&self.request(cursor)).await
+    pub async fn fetch(
+        &self,
+        cursor: Option<&str>,
+        read_ahead_below: usize,
+    ) -> Result<Page, SourceError> {
+        self.source
+            .fetch_page(&self.request(cursor, read_ahead_below))
+            .await
     }
 
     /// Starts fetching the page at `cursor` on its own task.
-    pub fn spawn(&self, cursor: String) -> Prefetch {
+    pub fn spawn(&self, cursor: String, read_ahead_below: usize) -> Prefetch {
         let query = self.clone();
-        Prefetch(tokio::spawn(
-            async move { query.fetch(Some(&cursor)).await },
-        ))
+        Prefetch(tokio::spawn(async move {
+            query.fetch(Some(&cursor), read_ahead_below).await
+        }))
     }
 }
 

@@ -1,10 +1,11 @@
 //! [`Source`] over a FHIR R4 server's search API. Pages are followed through
 //! `link[relation=next]`; the cursor is `<filter index> <next url>`.
 
+use super::read_ahead::ReadAhead;
 use super::upstream_auth::UpstreamAuth;
 use super::{Page, PageRequest, PatientScope, Source, SourceError, compartment_owner};
 use crate::instant::format_instant;
-use crate::ndjson_page::{FramedPage, frame_search_bundle, read_head};
+use crate::ndjson_page::{FramedPage, early_next_link, frame_search_bundle, read_head};
 use async_trait::async_trait;
 use rand::Rng;
 use reqwest::StatusCode;
@@ -58,6 +59,7 @@ pub struct FhirServerSource {
     client: reqwest::Client,
     auth: std::sync::Arc<UpstreamAuth>,
     retry: RetryPolicy,
+    ahead: std::sync::Arc<ReadAhead>,
 }
 
 enum Attempt {
@@ -88,6 +90,7 @@ impl FhirServerSource {
             client,
             auth: std::sync::Arc::new(auth),
             retry,
+            ahead: std::sync::Arc::default(),
         })
     }
 
@@ -197,11 +200,43 @@ impl FhirServerSource {
     }
 
     /// One search page from `url`, framed as NDJSON (parsed once: the framing
-    /// is also what tells a good body from a truncated or foreign one).
-    async fn search_page(&self, url: &str, ty: &str) -> Result<FramedPage, SourceError> {
-        self.get_parsed(url, |b| frame_search_bundle(b, ty).ok())
-            .await?
-            .ok_or_else(|| SourceError::Permanent(format!("upstream has no {ty} search (404)")))
+    /// is also what tells a good body from a truncated or foreign one). A
+    /// body under `budget` bytes has its next page requested at once, with
+    /// what is left of the budget (see `PageRequest::read_ahead_below`).
+    async fn search_page(
+        &self,
+        url: &str,
+        ty: &str,
+        budget: usize,
+    ) -> Result<FramedPage, SourceError> {
+        if let Some(task) = self.ahead.take(url) {
+            return task
+                .await
+                .unwrap_or_else(|e| Err(SourceError::Exhausted(format!("read-ahead task: {e}"))));
+        }
+        self.get_parsed(url, |b| {
+            if b.len() < budget {
+                self.read_ahead(url, b, ty, budget - b.len());
+            }
+            frame_search_bundle(b, ty).ok()
+        })
+        .await?
+        .ok_or_else(|| SourceError::Permanent(format!("upstream has no {ty} search (404)")))
+    }
+
+    /// Requests the page after `body` now, if its link is known early and
+    /// points back into the upstream (never to the same page).
+    fn read_ahead(&self, url: &str, body: &[u8], ty: &str, budget: usize) {
+        let Some(Some(next)) = early_next_link(body) else {
+            return;
+        };
+        if next == url || self.check_same_upstream(&next).is_err() {
+            return;
+        }
+        let (me, ty, at) = (self.clone(), ty.to_string(), next.clone());
+        self.ahead.start(next, move || {
+            tokio::spawn(async move { me.search_page(&at, &ty, budget).await })
+        });
     }
 
     /// GET with bounded retries; `Ok(None)` for 404/410. A body `parse`
@@ -313,7 +348,7 @@ impl FhirServerSource {
     ) -> Result<(), SourceError> {
         let mut seen = std::collections::HashSet::new();
         loop {
-            let framed = self.search_page(&url, resource_type).await?;
+            let framed = self.search_page(&url, resource_type, 0).await?;
             framed
                 .ndjson
                 .split(|b| *b == b'\n')
@@ -368,7 +403,7 @@ impl FhirServerSource {
                         .to_string(),
                 );
                 let ty = req.resource_type;
-                let framed = self.search_page(&url, ty).await?;
+                let framed = self.search_page(&url, ty, 0).await?;
                 for line in framed
                     .ndjson
                     .split(|b| *b == b'\n')
@@ -479,7 +514,7 @@ impl Source for FhirServerSource {
             }
         };
         let ty = req.resource_type;
-        let framed = self.search_page(&url, ty).await?;
+        let framed = self.search_page(&url, ty, req.read_ahead_below).await?;
         let next = match framed.next {
             Some(n) => {
                 if n == url {

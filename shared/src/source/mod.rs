@@ -3,6 +3,7 @@
 pub mod fhir_server;
 pub mod ndjson;
 pub mod ndjson_location;
+pub mod read_ahead;
 pub mod upstream_auth;
 
 use crate::export_request::TypeFilter;
@@ -82,6 +83,10 @@ pub struct PageRequest<'a> {
     /// Member patients whose compartments this chain covers (FHIR-server
     /// source, which queries the upstream in batches of patients).
     pub batch: Option<&'a [String]>,
+    /// The caller will certainly read the next page if this page's body is
+    /// under this many bytes (0: no promise), so a source may request it as
+    /// soon as it knows the link.
+    pub read_ahead_below: usize,
 }
 
 /// One page of resources, already framed as NDJSON (one compact resource per

@@ -324,6 +324,7 @@ impl OwnedRequest {
             page_size: self.page_size,
             scope: &self.scope,
             batch: None,
+            read_ahead_below: 0,
         }
     }
 }

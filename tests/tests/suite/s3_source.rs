@@ -121,6 +121,7 @@ async fn ranged_reads_never_split_a_line() {
                     page_size: 25,
                     scope: &PatientScope::None,
                     batch: None,
+                    read_ahead_below: 0,
                 })
                 .await
                 .unwrap();
