@@ -209,11 +209,22 @@ impl FhirServerSource {
         ty: &str,
         budget: usize,
     ) -> Result<FramedPage, SourceError> {
-        if let Some(task) = self.ahead.take(url) {
-            return task
+        match self.ahead.take(url) {
+            Some(task) => task
                 .await
-                .unwrap_or_else(|e| Err(SourceError::Exhausted(format!("read-ahead task: {e}"))));
+                .unwrap_or_else(|e| Err(SourceError::Exhausted(format!("read-ahead task: {e}")))),
+            None => self.fetch_search_page(url, ty, budget).await,
         }
+    }
+
+    /// `search_page` without looking for a page already read ahead (a
+    /// read-ahead task must not find itself).
+    async fn fetch_search_page(
+        &self,
+        url: &str,
+        ty: &str,
+        budget: usize,
+    ) -> Result<FramedPage, SourceError> {
         self.get_parsed(url, |b| {
             if b.len() < budget {
                 self.read_ahead(url, b, ty, budget - b.len());
@@ -235,7 +246,7 @@ impl FhirServerSource {
         }
         let (me, ty, at) = (self.clone(), ty.to_string(), next.clone());
         self.ahead.start(next, move || {
-            tokio::spawn(async move { me.search_page(&at, &ty, budget).await })
+            tokio::spawn(async move { me.fetch_search_page(&at, &ty, budget).await })
         });
     }
 

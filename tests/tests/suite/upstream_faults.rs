@@ -164,3 +164,109 @@ async fn permanent_upstream_faults_become_partial_success() {
         );
     }
 }
+
+/// Pages one type with `read_ahead_below` on every request; returns the
+/// lines read and, for each page asked for, how many searches the upstream
+/// had seen just before.
+async fn page_through(
+    source: &FhirServerSource,
+    fixture: &bulk_export::fixture_server::FixtureHandle,
+    budget: usize,
+) -> (Vec<Vec<u8>>, Vec<u64>) {
+    use bulk_export_core::source::{PageRequest, PatientScope, Source};
+    let scope = PatientScope::None;
+    let (mut cursor, mut lines, mut seen) = (None::<String>, Vec::new(), Vec::new());
+    loop {
+        seen.push(fixture.stats().searches.values().sum());
+        let page = source
+            .fetch_page(&PageRequest {
+                resource_type: "Observation",
+                cursor: cursor.as_deref(),
+                since: None,
+                until: time::OffsetDateTime::now_utc(),
+                type_filters: &[],
+                page_size: 40,
+                scope: &scope,
+                batch: None,
+                read_ahead_below: budget,
+            })
+            .await
+            .unwrap();
+        lines.extend(
+            page.ndjson
+                .split(|b| *b == b'\n')
+                .filter(|l| !l.is_empty())
+                .map(<[u8]>::to_vec),
+        );
+        match page.next {
+            Some(n) => {
+                cursor = Some(n);
+                // Time for a read-ahead to reach the upstream.
+                tokio::time::sleep(Duration::from_millis(150)).await;
+            }
+            None => return (lines, seen),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_next_page_is_requested_early_only_when_promised() {
+    let dir = TempDir::new("readahead");
+    let src = dir.0.join("src");
+    generate(&src, 8, 11).unwrap();
+    let fixture = start_fixture(&src, FixtureOptions::default())
+        .await
+        .unwrap();
+    let pages_needed = |n: usize| n.div_ceil(40) as u64;
+
+    // No promise: one search per page, each asked for when needed.
+    let source = FhirServerSource::new(fixture.base_url(), None, fast_retries()).unwrap();
+    fixture.reset_stats();
+    let (plain, seen) = page_through(&source, &fixture, 0).await;
+    let pages = pages_needed(plain.len());
+    assert!(pages >= 4, "several pages: {}", plain.len());
+    assert_eq!(seen, (0..pages).collect::<Vec<_>>(), "never ahead");
+    assert_eq!(fixture.stats().searches.values().sum::<u64>(), pages);
+
+    // A promise every body meets, for all the pages together: the pages are
+    // requested ahead one after another as fast as the upstream answers,
+    // none twice and none past the end.
+    let source = FhirServerSource::new(fixture.base_url(), None, fast_retries()).unwrap();
+    fixture.reset_stats();
+    let (ahead, seen) = page_through(&source, &fixture, 64 * 1024 * 1024).await;
+    assert_eq!(ahead, plain, "the same lines in the same order");
+    assert_eq!(seen[0], 0);
+    assert!(
+        seen[1..].iter().all(|s| *s == pages),
+        "every later page was requested before it was asked for: {seen:?}"
+    );
+    assert_eq!(fixture.stats().searches.values().sum::<u64>(), pages);
+
+    // A promise that covers about two and a half bodies: the read-ahead
+    // stops after one or two pages.
+    let body = http()
+        .get(format!("{}/Observation?_count=40", fixture.base_url()))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap()
+        .len();
+    let source = FhirServerSource::new(fixture.base_url(), None, fast_retries()).unwrap();
+    fixture.reset_stats();
+    let (two, seen) = page_through(&source, &fixture, body * 2 + body / 2).await;
+    assert_eq!(two, plain);
+    assert!(
+        seen[1] >= 2 && seen[1] <= 3,
+        "one or two pages ahead of the first, not all: {seen:?}"
+    );
+    assert_eq!(fixture.stats().searches.values().sum::<u64>(), pages);
+
+    // A promise smaller than a body: nothing is read ahead.
+    let source = FhirServerSource::new(fixture.base_url(), None, fast_retries()).unwrap();
+    fixture.reset_stats();
+    let (small, seen) = page_through(&source, &fixture, 1024).await;
+    assert_eq!(small, plain);
+    assert_eq!(seen, (0..pages).collect::<Vec<_>>());
+}
