@@ -1,7 +1,7 @@
 //! [`Source`] over a FHIR R4 server's search API. Pages are followed through
 //! `link[relation=next]`; the cursor is `<filter index> <next url>`.
 
-use super::read_ahead::ReadAhead;
+use super::read_ahead::{Lineage, ReadAhead};
 use super::upstream_auth::UpstreamAuth;
 use super::{Page, PageRequest, PatientScope, Source, SourceError, compartment_owner};
 use crate::instant::format_instant;
@@ -213,7 +213,10 @@ impl FhirServerSource {
             Some(task) => task
                 .await
                 .unwrap_or_else(|e| Err(SourceError::Exhausted(format!("read-ahead task: {e}")))),
-            None => self.fetch_search_page(url, ty, budget).await,
+            None => {
+                self.fetch_search_page(url, ty, budget, &Lineage::default())
+                    .await
+            }
         }
     }
 
@@ -224,10 +227,11 @@ impl FhirServerSource {
         url: &str,
         ty: &str,
         budget: usize,
+        lineage: &Lineage,
     ) -> Result<FramedPage, SourceError> {
         self.get_parsed(url, |b| {
             if b.len() < budget {
-                self.read_ahead(url, b, ty, budget - b.len());
+                self.read_ahead(url, b, ty, budget - b.len(), lineage);
             }
             frame_search_bundle(b, ty).ok()
         })
@@ -237,16 +241,16 @@ impl FhirServerSource {
 
     /// Requests the page after `body` now, if its link is known early and
     /// points back into the upstream (never to the same page).
-    fn read_ahead(&self, url: &str, body: &[u8], ty: &str, budget: usize) {
+    fn read_ahead(&self, url: &str, body: &[u8], ty: &str, budget: usize, lineage: &Lineage) {
         let Some(Some(next)) = early_next_link(body) else {
             return;
         };
         if next == url || self.check_same_upstream(&next).is_err() {
             return;
         }
-        let (me, ty, at) = (self.clone(), ty.to_string(), next.clone());
-        self.ahead.start(next, move || {
-            tokio::spawn(async move { me.fetch_search_page(&at, &ty, budget).await })
+        let (me, ty, at, line) = (self.clone(), ty.to_string(), next.clone(), lineage.clone());
+        self.ahead.start(next, lineage, move || {
+            tokio::spawn(async move { me.fetch_search_page(&at, &ty, budget, &line).await })
         });
     }
 
