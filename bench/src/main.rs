@@ -1597,8 +1597,11 @@ async fn parent_main(args: Args) -> Result<Option<String>, String> {
          VmHWM from /proc/self/status after the stack started and after the manifest arrived. \
          One worker is what one chunk-worker Lambda invocation holds (the target bound is \
          3 × part size + 64 MB = {:.0} MiB); with 4 workers four steps run at once in the \
-         process. Both datasets are many parts long, so a difference between them is memory \
-         that grows with the data.\n",
+         process. Both datasets are many parts long, so with one worker a difference between them \
+         is memory that grows with the data. With 4 workers the peak is set by how many steps \
+         hold full parts at the same moment, each at most two parts and a page: in the large \
+         dataset only Observation is longer than a part, in the xlarge one several types are, so \
+         four steps can hold their parts at once there.\n",
         rss_bound_mib(&cfg)
     );
     let _ = writeln!(
