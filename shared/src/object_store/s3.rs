@@ -3,6 +3,7 @@
 use super::{ObjectError, ObjectStore};
 use async_trait::async_trait;
 use aws_sdk_s3::Client;
+use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::presigning::PresigningConfig;
 use aws_sdk_s3::primitives::ByteStream;
@@ -99,6 +100,35 @@ impl S3ObjectStore {
                 _ => return Ok(out),
             }
         }
+    }
+
+    /// The error of a request on a multipart upload that should hold
+    /// `uploaded` parts. Some S3-compatible stores fail with a bare 500 (moto)
+    /// or answer and close the connection before reading the body (s3s-fs)
+    /// for an upload that is gone: then the store is asked whether it still
+    /// exists.
+    async fn classify<E: ProvideErrorMetadata + std::fmt::Debug>(
+        &self,
+        e: SdkError<E, HttpResponse>,
+        key: &str,
+        upload_id: &str,
+        uploaded: u32,
+    ) -> ObjectError {
+        if upload_gone(&e) {
+            return ObjectError::NoSuchUpload;
+        }
+        let server_side = matches!(e, SdkError::DispatchFailure(_))
+            || e.raw_response()
+                .is_some_and(|r| r.status().is_server_error());
+        if server_side
+            && matches!(
+                self.upload_exists(key, upload_id, uploaded).await,
+                Ok(false)
+            )
+        {
+            return ObjectError::NoSuchUpload;
+        }
+        backend(e)
     }
 
     /// True if `upload_id` is still a usable multipart upload of `key` holding
@@ -209,24 +239,9 @@ impl ObjectStore for S3ObjectStore {
                 .e_tag()
                 .map(str::to_string)
                 .ok_or_else(|| ObjectError::Backend("no ETag".into())),
-            Err(e) if upload_gone(&e) => Err(ObjectError::NoSuchUpload),
-            // Some S3-compatible stores fail with a bare 500 (moto) or answer
-            // and close the connection before reading the body (s3s-fs) for an
-            // upload that is gone: ask the store whether it still exists.
-            Err(e)
-                if matches!(e, SdkError::DispatchFailure(_))
-                    || e.raw_response()
-                        .is_some_and(|r| r.status().is_server_error()) =>
-            {
-                match self
-                    .upload_exists(key, upload_id, part_number.saturating_sub(1))
-                    .await
-                {
-                    Ok(false) => Err(ObjectError::NoSuchUpload),
-                    _ => Err(backend(e)),
-                }
-            }
-            Err(e) => Err(backend(e)),
+            Err(e) => Err(self
+                .classify(e, key, upload_id, part_number.saturating_sub(1))
+                .await),
         }
     }
 
@@ -261,8 +276,7 @@ impl ObjectStore for S3ObjectStore {
             .await;
         match resp {
             Ok(_) => Ok(()),
-            Err(e) if upload_gone(&e) => Err(ObjectError::NoSuchUpload),
-            Err(e) => Err(backend(e)),
+            Err(e) => Err(self.classify(e, key, upload_id, etags.len() as u32).await),
         }
     }
 
