@@ -442,3 +442,22 @@ impl Moto {
         )
     }
 }
+
+/// A system-level request for a page of Observations at `cursor`.
+pub fn observation_page(
+    cursor: Option<&str>,
+    page_size: usize,
+    read_ahead_below: usize,
+) -> bulk_export_core::source::PageRequest<'_> {
+    bulk_export_core::source::PageRequest {
+        resource_type: "Observation",
+        cursor,
+        since: None,
+        until: time::OffsetDateTime::now_utc(),
+        type_filters: &[],
+        page_size,
+        scope: &bulk_export_core::source::PatientScope::None,
+        batch: None,
+        read_ahead_below,
+    }
+}

@@ -4,9 +4,9 @@
 use crate::common::*;
 use bulk_export::generate::generate;
 use bulk_export::stack::SourceSpec;
+use bulk_export_core::source::Source;
 use bulk_export_core::source::ndjson::NdjsonSource;
 use bulk_export_core::source::ndjson_location::S3Prefix;
-use bulk_export_core::source::{PageRequest, PatientScope, Source};
 use std::io::Write;
 use std::path::Path;
 
@@ -112,17 +112,7 @@ async fn ranged_reads_never_split_a_line() {
         let (mut got, mut cursor, mut pages) = (Vec::new(), None::<String>, 0);
         loop {
             let page = source
-                .fetch_page(&PageRequest {
-                    resource_type: "Observation",
-                    cursor: cursor.as_deref(),
-                    since: None,
-                    until: time::OffsetDateTime::now_utc(),
-                    type_filters: &[],
-                    page_size: 25,
-                    scope: &PatientScope::None,
-                    batch: None,
-                    read_ahead_below: 0,
-                })
+                .fetch_page(&observation_page(cursor.as_deref(), 25, 0))
                 .await
                 .unwrap();
             got.extend_from_slice(&page.ndjson);

@@ -173,23 +173,12 @@ async fn page_through(
     fixture: &bulk_export::fixture_server::FixtureHandle,
     budget: usize,
 ) -> (Vec<Vec<u8>>, Vec<u64>) {
-    use bulk_export_core::source::{PageRequest, PatientScope, Source};
-    let scope = PatientScope::None;
+    use bulk_export_core::source::Source;
     let (mut cursor, mut lines, mut seen) = (None::<String>, Vec::new(), Vec::new());
     loop {
         seen.push(fixture.stats().searches.values().sum());
         let page = source
-            .fetch_page(&PageRequest {
-                resource_type: "Observation",
-                cursor: cursor.as_deref(),
-                since: None,
-                until: time::OffsetDateTime::now_utc(),
-                type_filters: &[],
-                page_size: 40,
-                scope: &scope,
-                batch: None,
-                read_ahead_below: budget,
-            })
+            .fetch_page(&observation_page(cursor.as_deref(), 40, budget))
             .await
             .unwrap();
         lines.extend(
