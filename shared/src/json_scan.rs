@@ -279,43 +279,39 @@ impl<'a> Scan<'a> {
         &mut self,
         mut field: impl FnMut(&mut Self, &str) -> Result<(), ScanError>,
     ) -> Result<(), ScanError> {
-        self.expect(b'{')?;
-        if self.peek() == Some(b'}') {
-            self.i += 1;
-            return Ok(());
-        }
-        loop {
-            let key = self.string_value()?;
-            self.expect(b':')?;
-            field(self, &key)?;
-            match self.peek() {
-                Some(b',') => self.i += 1,
-                Some(b'}') => {
-                    self.i += 1;
-                    return Ok(());
-                }
-                Some(_) => return Err(ScanError::Syntax),
-                None => return Err(ScanError::Eof),
-            }
-        }
+        self.sequence(b'{', b'}', |s| {
+            let key = s.string_value()?;
+            s.expect(b':')?;
+            field(s, &key)
+        })
     }
 
     /// Consumes an array, calling `element` for each element; `element`
     /// must consume exactly one value.
     pub fn array(
         &mut self,
-        mut element: impl FnMut(&mut Self) -> Result<(), ScanError>,
+        element: impl FnMut(&mut Self) -> Result<(), ScanError>,
     ) -> Result<(), ScanError> {
-        self.expect(b'[')?;
-        if self.peek() == Some(b']') {
+        self.sequence(b'[', b']', element)
+    }
+
+    /// Consumes `open`, comma-separated items read by `item`, and `close`.
+    fn sequence(
+        &mut self,
+        open: u8,
+        close: u8,
+        mut item: impl FnMut(&mut Self) -> Result<(), ScanError>,
+    ) -> Result<(), ScanError> {
+        self.expect(open)?;
+        if self.peek() == Some(close) {
             self.i += 1;
             return Ok(());
         }
         loop {
-            element(self)?;
+            item(self)?;
             match self.peek() {
                 Some(b',') => self.i += 1,
-                Some(b']') => {
+                Some(c) if c == close => {
                     self.i += 1;
                     return Ok(());
                 }
