@@ -12,10 +12,10 @@ use bulk_export::fixture_server::{FixtureHandle, FixtureOptions, FixtureStats, s
 use bulk_export::generate::generate;
 use bulk_export::http_server::{no_auth, serve};
 use bulk_export::stack::{SourceSpec, Stack, StackOptions, build, start};
-use bulk_export_core::config::ExportConfig;
-use bulk_export_core::job::{ChainState, FileKind};
-use bulk_export_core::ndjson_page::frame_search_bundle;
-use bulk_export_core::services::ExportServices;
+use bulk_export_core::fhir::framing::frame_search_bundle;
+use bulk_export_core::model::config::ExportConfig;
+use bulk_export_core::model::{ChainState, FileKind};
+use bulk_export_core::ports::services::ExportServices;
 use clap::Parser;
 use proxy::{Api, Counter, Counts, start_proxy};
 use serde_json::{Value, json};
@@ -1531,7 +1531,7 @@ async fn parent_main(args: Args) -> Result<Option<String>, String> {
     let _ = writeln!(r, "## Hot path: framing a search Bundle vs memcpy\n");
     let _ = writeln!(
         r,
-        "`bulk_export_core::ndjson_page::frame_search_bundle` on one real {page_size}-entry \
+        "`bulk_export_core::fhir::framing::frame_search_bundle` on one real {page_size}-entry \
          Observation page of the fixture ({} bytes, {} entries), repeated for 1.5 s, vs \
          `copy_from_slice` of the same bytes for 1.5 s (measured in the bench binary; criterion \
          was not used).\n",

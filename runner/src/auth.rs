@@ -2,8 +2,8 @@
 //! a shared secret and/or RS256/RS384/ES256/ES384 with keys from a JWKS file.
 
 use crate::http_server::Authenticator;
-use bulk_export_core::caller::Caller;
-use bulk_export_core::outcome::ApiError;
+use bulk_export_core::fhir::outcome::ApiError;
+use bulk_export_core::model::Caller;
 use jsonwebtoken::errors::{Error as JwtError, ErrorKind};
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, KeyAlgorithm, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};

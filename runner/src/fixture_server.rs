@@ -20,9 +20,9 @@
 //! - `GET /__stats`: request counters as JSON.
 
 use crate::generate::Rng;
-use bulk_export_core::instant::parse_instant;
-use bulk_export_core::ndjson_page::read_head;
-use bulk_export_core::resource_types::is_resource_type;
+use bulk_export_core::fhir::framing::read_head;
+use bulk_export_core::fhir::instant::parse_instant;
+use bulk_export_core::fhir::resource_types::is_resource_type;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -203,7 +203,7 @@ impl TypeData {
                 .iter()
                 .map(|r| {
                     serde_json::from_slice::<serde_json::Value>(&r.raw)
-                        .map(|v| bulk_export_core::compartment::patient_links(&v))
+                        .map(|v| bulk_export_core::fhir::compartment::patient_links(&v))
                         .unwrap_or_default()
                 })
                 .collect()
@@ -632,7 +632,7 @@ fn parse_search(state: &State, ty: &str, query: &str) -> Result<Search, String> 
         ids: None,
         compartment: Vec::new(),
     };
-    let params = bulk_export_core::compartment::compartment_params(ty).unwrap_or(&[]);
+    let params = bulk_export_core::fhir::compartment::compartment_params(ty).unwrap_or(&[]);
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         let (k, v) = (decode(k), decode(v));
@@ -931,8 +931,9 @@ async fn search(state: &State, reset: &Notify, ty: &str, query: &str) -> Resp {
 mod tests {
     use super::*;
     use crate::generate::generate;
-    use bulk_export_core::source::fhir_server::{FhirServerSource, RetryPolicy};
-    use bulk_export_core::source::{PageRequest, PatientScope, Source};
+    use bulk_export_core::adapters::fhir_server::{FhirServerSource, RetryPolicy};
+    use bulk_export_core::model::PatientScope;
+    use bulk_export_core::ports::source::{PageRequest, Source};
     use serde_json::Value;
 
     struct Tmp(std::path::PathBuf);

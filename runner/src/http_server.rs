@@ -1,9 +1,9 @@
 //! The runner's HTTP server: hyper in front of the shared `api::handle`.
 
 use bulk_export_core::api::handle;
-use bulk_export_core::caller::Caller;
-use bulk_export_core::outcome::ApiError;
-use bulk_export_core::services::ExportServices;
+use bulk_export_core::fhir::outcome::ApiError;
+use bulk_export_core::model::Caller;
+use bulk_export_core::ports::services::ExportServices;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;

@@ -6,7 +6,7 @@ use bulk_export::client::{ExportArgs, run_export, summary_table};
 use bulk_export::generate::generate;
 use bulk_export::http_server::no_auth;
 use bulk_export::stack::{SourceSpec, StackOptions, start};
-use bulk_export_core::config::ExportConfig;
+use bulk_export_core::model::config::ExportConfig;
 use clap::{Args, Parser, Subcommand};
 use std::net::SocketAddr;
 use std::path::PathBuf;

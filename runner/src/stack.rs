@@ -4,17 +4,17 @@
 use crate::aws_clients::{Endpoints, dynamodb_client, s3_client};
 use crate::embedded::{LOCAL_ACCESS_KEY, LOCAL_SECRET_KEY, start_dynamodb, start_s3};
 use crate::http_server::{Authenticator, serve};
-use bulk_export_core::config::ExportConfig;
-use bulk_export_core::continuation::in_process::{StepQueue, step_queue};
-use bulk_export_core::job_store::dynamo::DynamoJobStore;
-use bulk_export_core::object_store::s3::S3ObjectStore;
-use bulk_export_core::services::ExportServices;
-use bulk_export_core::source::Source;
-use bulk_export_core::source::fhir_server::{FhirServerSource, RetryPolicy};
-use bulk_export_core::source::ndjson::NdjsonSource;
-use bulk_export_core::source::ndjson_location::S3Prefix;
-use bulk_export_core::source::upstream_auth::UpstreamAuth;
-use bulk_export_core::watchdog::sweep;
+use bulk_export_core::adapters::dynamo::DynamoJobStore;
+use bulk_export_core::adapters::fhir_server::upstream_auth::UpstreamAuth;
+use bulk_export_core::adapters::fhir_server::{FhirServerSource, RetryPolicy};
+use bulk_export_core::adapters::ndjson::NdjsonSource;
+use bulk_export_core::adapters::ndjson::location::S3Prefix;
+use bulk_export_core::adapters::s3::S3ObjectStore;
+use bulk_export_core::model::config::ExportConfig;
+use bulk_export_core::ports::services::ExportServices;
+use bulk_export_core::ports::source::Source;
+use bulk_export_core::worker::in_process::{StepQueue, step_queue};
+use bulk_export_core::worker::watchdog::sweep;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -175,7 +175,7 @@ pub async fn build(opts: &StackOptions, base_url: String) -> Result<Stack, Stack
 /// Starts everything: embedded servers, workers, watchdog, HTTP server.
 /// Jobs left running by an earlier process on the same data directory resume.
 pub async fn start(opts: StackOptions) -> Result<Stack, StackError> {
-    bulk_export_core::heap::return_freed_blocks();
+    bulk_export_core::compose::heap::return_freed_blocks();
     let listener = tokio::net::TcpListener::bind(opts.listen)
         .await
         .map_err(|e| StackError(format!("cannot listen on {}: {e}", opts.listen)))?;

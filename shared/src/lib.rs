@@ -1,47 +1,20 @@
 //! FHIR Bulk Data `$export` on AWS Lambda: the shared library.
 //!
-//! Entry points translate events into calls of [`api::handle`] (kick-off,
-//! status, cancel) and [`chain::run_step`] (the chunk-worker). Ports:
-//! [`job_store::JobStore`], [`object_store::ObjectStore`],
-//! [`source::Source`] and [`continuation::Continuation`].
+//! The folders follow a request through the system, bottom layer first:
+//! [`fhir`] (what the spec defines) ← [`model`] (jobs, chains, files) ←
+//! [`ports`] (the capabilities) ← [`adapters`] (DynamoDB, S3, FHIR server,
+//! NDJSON, Lambda) and [`worker`] (the chunk-worker pipeline) ← [`export`]
+//! (use cases) ← [`api`] (HTTP) ← [`compose`] and [`lambda`] (entry points).
+//! A module imports only from its own layer's folder or from layers below it
+//! (checked by the layering test).
 
-pub mod admission;
+pub mod adapters;
 pub mod api;
-pub mod caller;
-pub mod cancel;
-pub mod capability;
-pub mod chain;
-pub mod compartment;
-pub mod config;
-pub mod continuation;
-pub mod download;
-pub mod export_request;
-#[cfg(feature = "lambda")]
-pub mod failed_step_queue;
-pub mod failed_steps;
-pub mod group;
-pub mod heap;
-pub mod instant;
-pub mod job;
-pub mod job_store;
-pub mod json_scan;
-pub mod kickoff;
+pub mod compose;
+pub mod export;
+pub mod fhir;
 #[cfg(feature = "lambda")]
 pub mod lambda;
-pub mod manifest;
-pub mod ndjson_page;
-pub mod object_store;
-pub mod outcome;
-pub mod part_writer;
-pub mod partition;
-pub mod prefetch;
-pub mod referenced;
-pub mod resource_types;
-pub mod schedule;
-pub mod scopes;
-pub mod services;
-pub mod source;
-pub mod status;
-#[cfg(feature = "lambda")]
-pub mod upstream_secrets;
-pub mod watchdog;
+pub mod model;
+pub mod ports;
+pub mod worker;

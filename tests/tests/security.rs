@@ -76,7 +76,7 @@ async fn secured_stack(dir: &TempDir) -> Stack {
 
 async fn secured_stack_with(
     dir: &TempDir,
-    config: bulk_export_core::config::ExportConfig,
+    config: bulk_export_core::model::config::ExportConfig,
 ) -> Stack {
     let src = dir.0.join("src");
     generate(&src, 20, 3).unwrap();

@@ -1,7 +1,7 @@
 //! The `chunk-worker` Lambda function: runs one step of one chain per invocation.
 
-use bulk_export_core::job::StepEvent;
 use bulk_export_core::lambda::{init_logging, services_from_env, worker_handler};
+use bulk_export_core::model::StepEvent;
 use lambda_runtime::{Error, LambdaEvent, run, service_fn};
 
 #[tokio::main]

@@ -7,7 +7,7 @@
 use bulk_export::aws_clients::Endpoints;
 use bulk_export::http_server::no_auth;
 use bulk_export::stack::{SourceSpec, Stack, StackOptions, build, start};
-use bulk_export_core::config::ExportConfig;
+use bulk_export_core::model::config::ExportConfig;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -336,12 +336,15 @@ impl Drop for FhirFixture {
 /// Runs queued chain steps until none are left, playing the chunk-worker; a
 /// failed step is delivered again, as Lambda retries a failed async
 /// invocation. Returns (steps, retries).
-pub async fn drain(stack: &Stack, svc: &bulk_export_core::services::ExportServices) -> (u64, u64) {
+pub async fn drain(
+    stack: &Stack,
+    svc: &bulk_export_core::ports::services::ExportServices,
+) -> (u64, u64) {
     let (mut steps, mut retries) = (0, 0);
     while let Some(ev) = stack.queue.try_next().await {
         steps += 1;
         let mut attempts = 0;
-        while let Err(e) = bulk_export_core::chain::run_step(svc, &ev, None).await {
+        while let Err(e) = bulk_export_core::worker::step::run_step(svc, &ev, None).await {
             attempts += 1;
             retries += 1;
             assert!(attempts < 50, "step {ev:?} never succeeded: {e}");
@@ -448,15 +451,15 @@ pub fn observation_page(
     cursor: Option<&str>,
     page_size: usize,
     read_ahead_below: usize,
-) -> bulk_export_core::source::PageRequest<'_> {
-    bulk_export_core::source::PageRequest {
+) -> bulk_export_core::ports::source::PageRequest<'_> {
+    bulk_export_core::ports::source::PageRequest {
         resource_type: "Observation",
         cursor,
         since: None,
         until: time::OffsetDateTime::now_utc(),
         type_filters: &[],
         page_size,
-        scope: &bulk_export_core::source::PatientScope::None,
+        scope: &bulk_export_core::model::PatientScope::None,
         batch: None,
         read_ahead_below,
     }

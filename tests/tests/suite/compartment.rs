@@ -224,9 +224,9 @@ async fn export_at(base: &str, path: &str, query: &str, body: Option<Value>) -> 
 }
 
 fn since_filter(since: &str) -> impl Fn(&Value) -> bool {
-    let cutoff = bulk_export_core::instant::parse_instant(since).unwrap();
+    let cutoff = bulk_export_core::fhir::instant::parse_instant(since).unwrap();
     move |v| {
-        bulk_export_core::instant::parse_instant(v["meta"]["lastUpdated"].as_str().unwrap())
+        bulk_export_core::fhir::instant::parse_instant(v["meta"]["lastUpdated"].as_str().unwrap())
             .unwrap()
             > cutoff
     }
@@ -334,14 +334,14 @@ async fn run_matrix(base: &str, all: &[Value], with_filters: bool) {
         None,
     )
     .await;
-    let before = bulk_export_core::instant::parse_instant(until).unwrap();
+    let before = bulk_export_core::fhir::instant::parse_instant(until).unwrap();
     assert_eq!(
         got,
         expected(
             all,
             None,
             |v| matches!(v["resourceType"].as_str(), Some("Condition" | "Encounter"))
-                && bulk_export_core::instant::parse_instant(
+                && bulk_export_core::fhir::instant::parse_instant(
                     v["meta"]["lastUpdated"].as_str().unwrap()
                 )
                 .unwrap()
@@ -362,7 +362,7 @@ async fn run_matrix(base: &str, all: &[Value], with_filters: bool) {
         expected(
             all,
             Some(&group),
-            |v| bulk_export_core::instant::parse_instant(
+            |v| bulk_export_core::fhir::instant::parse_instant(
                 v["meta"]["lastUpdated"].as_str().unwrap()
             )
             .unwrap()

@@ -2,7 +2,8 @@
 //! more afterwards gives exactly the output of a clean run.
 
 use crate::common::*;
-use bulk_export_core::chain::{StepOutcome, run_step};
+use bulk_export_core::worker::outcome::StepOutcome;
+use bulk_export_core::worker::step::run_step;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_step_replayed_gives_identical_output() {

@@ -4,7 +4,7 @@
 use crate::common::*;
 use bulk_export::generate::generate;
 use bulk_export::stack::SourceSpec;
-use bulk_export_core::config::ExportConfig;
+use bulk_export_core::model::config::ExportConfig;
 use serde_json::Value;
 use std::collections::BTreeMap;
 
@@ -145,7 +145,7 @@ async fn status_and_cancel_through_the_lifecycle() {
     // Partly done → progress rises → complete → cancel deletes the files.
     let status_url = kickoff(&stack.base_url, "_type=Observation,Patient").await;
     let ev = stack.queue.try_next().await.unwrap();
-    bulk_export_core::chain::run_step(&svc, &ev, None)
+    bulk_export_core::worker::step::run_step(&svc, &ev, None)
         .await
         .unwrap();
     let resp = http().get(&status_url).send().await.unwrap();

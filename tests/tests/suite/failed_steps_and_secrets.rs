@@ -3,10 +3,10 @@
 //! moto_server SQS and SSM endpoints.
 
 use crate::common::*;
-use bulk_export_core::failed_step_queue::FailedStepQueue;
+use bulk_export_core::adapters::fhir_server::upstream_auth::UpstreamAuth;
+use bulk_export_core::adapters::sqs::FailedStepQueue;
+use bulk_export_core::adapters::ssm::upstream_auth;
 use bulk_export_core::lambda::watchdog_handler;
-use bulk_export_core::source::upstream_auth::UpstreamAuth;
-use bulk_export_core::upstream_secrets::upstream_auth;
 use serde_json::json;
 use std::collections::HashMap;
 
@@ -69,7 +69,7 @@ async fn failed_steps_in_the_destination_queue_are_delivered_again() {
         .unwrap();
     assert!(left.messages().is_empty(), "every record was deleted");
     assert_eq!(stack.queue.try_next().await.as_ref(), Some(&lost));
-    bulk_export_core::chain::run_step(&svc, &lost, None)
+    bulk_export_core::worker::step::run_step(&svc, &lost, None)
         .await
         .unwrap();
     drain(&stack, &svc).await;

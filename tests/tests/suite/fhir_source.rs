@@ -111,11 +111,13 @@ async fn exports_from_a_real_fhir_server_exactly() {
         &format!("_type=Condition,Encounter&_since={since}"),
     )
     .await;
-    let cutoff = bulk_export_core::instant::parse_instant(since).unwrap();
+    let cutoff = bulk_export_core::fhir::instant::parse_instant(since).unwrap();
     let expected = expected_where(&src, |v| {
         matches!(v["resourceType"].as_str(), Some("Condition" | "Encounter"))
-            && bulk_export_core::instant::parse_instant(v["meta"]["lastUpdated"].as_str().unwrap())
-                .unwrap()
+            && bulk_export_core::fhir::instant::parse_instant(
+                v["meta"]["lastUpdated"].as_str().unwrap(),
+            )
+            .unwrap()
                 > cutoff
     });
     assert_eq!(got, expected, "_since is exclusive and exact");
@@ -128,11 +130,13 @@ async fn exports_from_a_real_fhir_server_exactly() {
         &format!("_type=Condition,Procedure&_until={until}"),
     )
     .await;
-    let before = bulk_export_core::instant::parse_instant(until).unwrap();
+    let before = bulk_export_core::fhir::instant::parse_instant(until).unwrap();
     let expected = expected_where(&src, |v| {
         matches!(v["resourceType"].as_str(), Some("Condition" | "Procedure"))
-            && bulk_export_core::instant::parse_instant(v["meta"]["lastUpdated"].as_str().unwrap())
-                .unwrap()
+            && bulk_export_core::fhir::instant::parse_instant(
+                v["meta"]["lastUpdated"].as_str().unwrap(),
+            )
+            .unwrap()
                 <= before
     });
     assert_eq!(got, expected, "_until is inclusive and exact");

@@ -169,10 +169,10 @@ async fn hostile_input_never_escapes_validation() {
         let parts: Vec<&str> = key.split('/').collect();
         assert_eq!(parts.len(), 3, "{key}");
         assert!(
-            bulk_export_core::export_request::is_container_name(parts[0]),
+            bulk_export_core::fhir::ids::is_container_name(parts[0]),
             "{key}"
         );
-        assert!(bulk_export_core::status::is_job_id(parts[1]), "{key}");
+        assert!(bulk_export_core::api::status::is_job_id(parts[1]), "{key}");
         assert!(
             parts[2].ends_with(".ndjson") && !parts[2].contains(".."),
             "{key}"

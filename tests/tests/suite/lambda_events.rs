@@ -5,8 +5,8 @@
 use crate::common::*;
 use bulk_export::generate::generate;
 use bulk_export::stack::SourceSpec;
-use bulk_export_core::job::StepEvent;
 use bulk_export_core::lambda::{api_event_handler, watchdog_handler, worker_handler};
+use bulk_export_core::model::StepEvent;
 use serde_json::Value;
 use std::path::Path;
 
@@ -134,7 +134,7 @@ async fn every_sample_event_runs_through_its_handler() {
 /// Appends resources updated "now" to the NDJSON source.
 fn append_changes(src: &Path, tag: &str, n: usize) -> Vec<(String, String)> {
     use std::io::Write;
-    let now = bulk_export_core::instant::format_instant(time::OffsetDateTime::now_utc());
+    let now = bulk_export_core::fhir::instant::format_instant(time::OffsetDateTime::now_utc());
     let mut f = std::fs::OpenOptions::new()
         .append(true)
         .open(src.join("Patient.ndjson"))
@@ -159,8 +159,8 @@ async fn run_schedule(stack: &bulk_export::stack::Stack) -> (Value, Value) {
     let svc = &stack.services;
     for _ in 0..600 {
         let job = svc.store.get_job(&job_id).await.unwrap().unwrap();
-        if job.status == bulk_export_core::job::JobStatus::Complete {
-            let manifest = bulk_export_core::manifest::build_manifest(svc, &job)
+        if job.status == bulk_export_core::model::JobStatus::Complete {
+            let manifest = bulk_export_core::export::manifest::build_manifest(svc, &job)
                 .await
                 .unwrap();
             return (started, manifest);

@@ -4,12 +4,14 @@
 
 use crate::common::*;
 use async_trait::async_trait;
-use bulk_export_core::chain::run_step;
-use bulk_export_core::job::{Chain, FileRecord, Job, JobStatus};
-use bulk_export_core::job_store::{JobStore, StoreError};
-use bulk_export_core::object_store::{ObjectError, ObjectStore};
-use bulk_export_core::services::ExportServices;
-use bulk_export_core::watchdog::sweep;
+use bulk_export_core::model::{Chain, FileRecord, Job, JobStatus};
+use bulk_export_core::ports::job_store::{
+    ChainWrites, FileRecords, JobReads, JobStore, JobWrites, PollCounter, ScheduleLog, StoreError,
+};
+use bulk_export_core::ports::object_store::{ObjectError, ObjectStore};
+use bulk_export_core::ports::services::ExportServices;
+use bulk_export_core::worker::step::run_step;
+use bulk_export_core::worker::watchdog::sweep;
 use bytes::Bytes;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -269,13 +271,31 @@ impl ThrottledStore {
 }
 
 #[async_trait]
-impl JobStore for ThrottledStore {
-    async fn create_job(&self, job: &Job, chains: &[Chain]) -> Result<(), StoreError> {
-        self.inner.create_job(job, chains).await
-    }
+impl JobReads for ThrottledStore {
     async fn get_job(&self, id: &str) -> Result<Option<Job>, StoreError> {
         self.inner.get_job(id).await
     }
+
+    async fn active_jobs(&self) -> Result<Vec<Job>, StoreError> {
+        self.inner.active_jobs().await
+    }
+
+    async fn get_chain(&self, j: &str, c: &str) -> Result<Option<Chain>, StoreError> {
+        self.fault()?;
+        self.inner.get_chain(j, c).await
+    }
+
+    async fn list_chains(&self, j: &str) -> Result<Vec<Chain>, StoreError> {
+        self.inner.list_chains(j).await
+    }
+}
+
+#[async_trait]
+impl JobWrites for ThrottledStore {
+    async fn create_job(&self, job: &Job, chains: &[Chain]) -> Result<(), StoreError> {
+        self.inner.create_job(job, chains).await
+    }
+
     async fn set_job_status(
         &self,
         job: &Job,
@@ -284,29 +304,30 @@ impl JobStore for ThrottledStore {
     ) -> Result<(), StoreError> {
         self.inner.set_job_status(job, s, f).await
     }
+
     async fn cancel_job(&self, id: &str) -> Result<bool, StoreError> {
         self.inner.cancel_job(id).await
     }
-    async fn active_jobs(&self) -> Result<Vec<Job>, StoreError> {
-        self.inner.active_jobs().await
+
+    async fn delete_job(&self, j: &str) -> Result<(), StoreError> {
+        self.inner.delete_job(j).await
     }
-    async fn get_chain(&self, j: &str, c: &str) -> Result<Option<Chain>, StoreError> {
-        self.fault()?;
-        self.inner.get_chain(j, c).await
-    }
-    async fn list_chains(&self, j: &str) -> Result<Vec<Chain>, StoreError> {
-        self.inner.list_chains(j).await
-    }
+}
+
+#[async_trait]
+impl ChainWrites for ThrottledStore {
     async fn save_chain(&self, chain: &mut Chain) -> Result<(), StoreError> {
         self.fault()?;
         self.inner.save_chain(chain).await?;
         // A write that succeeded but whose answer was lost.
         self.fault()
     }
+
     async fn finish_chain(&self, chain: &mut Chain) -> Result<(), StoreError> {
         self.fault()?;
         self.inner.finish_chain(chain).await
     }
+
     async fn split_chain(
         &self,
         chain: &mut Chain,
@@ -316,30 +337,41 @@ impl JobStore for ThrottledStore {
         self.fault()?;
         self.inner.split_chain(chain, new, expires_at).await
     }
+}
+
+#[async_trait]
+impl FileRecords for ThrottledStore {
     async fn put_file(&self, j: &str, f: &FileRecord) -> Result<(), StoreError> {
         self.fault()?;
         self.inner.put_file(j, f).await
     }
+
     async fn list_files(&self, j: &str) -> Result<Vec<FileRecord>, StoreError> {
         self.inner.list_files(j).await
     }
+
     async fn next_file_number(&self, j: &str, t: &str, e: i64) -> Result<u32, StoreError> {
         self.inner.next_file_number(j, t, e).await
     }
-    async fn record_schedule_success(&self, s: &str, t: &str) -> Result<(), StoreError> {
-        self.inner.record_schedule_success(s, t).await
-    }
-    async fn last_schedule_success(&self, s: &str) -> Result<Option<String>, StoreError> {
-        self.inner.last_schedule_success(s).await
-    }
+}
+
+#[async_trait]
+impl PollCounter for ThrottledStore {
     async fn record_poll(&self, j: &str, now: i64, w: i64) -> Result<u64, StoreError> {
         self.inner.record_poll(j, now, w).await
     }
-    async fn delete_job(&self, j: &str) -> Result<(), StoreError> {
-        self.inner.delete_job(j).await
-    }
 }
 
+#[async_trait]
+impl ScheduleLog for ThrottledStore {
+    async fn record_schedule_success(&self, s: &str, t: &str) -> Result<(), StoreError> {
+        self.inner.record_schedule_success(s, t).await
+    }
+
+    async fn last_schedule_success(&self, s: &str) -> Result<Option<String>, StoreError> {
+        self.inner.last_schedule_success(s).await
+    }
+}
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn storage_faults_are_retried_without_loss() {
     let (_dir, src, stack) = ndjson_stack("faults", 500, 6, small_config(), 0).await;
@@ -396,7 +428,7 @@ async fn polling_too_fast_gets_429_and_the_job_goes_on() {
     let svc = stack.services.clone();
     let status_url = kickoff(&stack.base_url, "_type=Patient").await;
     let mut codes = Vec::new();
-    for _ in 0..(bulk_export_core::status::POLL_BURST + 5) {
+    for _ in 0..(bulk_export_core::api::status::POLL_BURST + 5) {
         codes.push(http().get(&status_url).send().await.unwrap());
     }
     let last = codes.pop().unwrap();
@@ -413,15 +445,15 @@ async fn polling_too_fast_gets_429_and_the_job_goes_on() {
     assert!(
         codes
             .iter()
-            .take(bulk_export_core::status::POLL_BURST as usize)
+            .take(bulk_export_core::api::status::POLL_BURST as usize)
             .all(|r| r.status() == 202)
     );
     drain(&stack, &svc).await;
     verify_complete(&status_url, &src, &["Patient"]).await;
     println!(
         "injected {} rapid polls; checked 429 after {} and a complete export",
-        bulk_export_core::status::POLL_BURST + 5,
-        bulk_export_core::status::POLL_BURST
+        bulk_export_core::api::status::POLL_BURST + 5,
+        bulk_export_core::api::status::POLL_BURST
     );
 }
 

@@ -4,9 +4,9 @@
 use crate::common::*;
 use bulk_export::generate::generate;
 use bulk_export::stack::SourceSpec;
-use bulk_export_core::source::Source;
-use bulk_export_core::source::ndjson::NdjsonSource;
-use bulk_export_core::source::ndjson_location::S3Prefix;
+use bulk_export_core::adapters::ndjson::NdjsonSource;
+use bulk_export_core::adapters::ndjson::location::S3Prefix;
+use bulk_export_core::ports::source::Source;
 use std::io::Write;
 use std::path::Path;
 

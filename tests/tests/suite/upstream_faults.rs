@@ -7,8 +7,8 @@ use crate::common::*;
 use bulk_export::fixture_server::{Fault, FaultRule, FixtureOptions, start_fixture};
 use bulk_export::generate::generate;
 use bulk_export::stack::SourceSpec;
-use bulk_export_core::services::ExportServices;
-use bulk_export_core::source::fhir_server::{FhirServerSource, RetryPolicy};
+use bulk_export_core::adapters::fhir_server::{FhirServerSource, RetryPolicy};
+use bulk_export_core::ports::services::ExportServices;
 use serde_json::Value;
 use std::sync::Arc;
 use std::time::Duration;
@@ -173,7 +173,7 @@ async fn page_through(
     fixture: &bulk_export::fixture_server::FixtureHandle,
     budget: usize,
 ) -> (Vec<Vec<u8>>, Vec<u64>) {
-    use bulk_export_core::source::Source;
+    use bulk_export_core::ports::source::Source;
     let (mut cursor, mut lines, mut seen) = (None::<String>, Vec::new(), Vec::new());
     loop {
         seen.push(fixture.stats().searches.values().sum());

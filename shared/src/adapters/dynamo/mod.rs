@@ -1,0 +1,624 @@
+//! [`JobStore`] over DynamoDB: one table, `pk = JOB#<id>`, `sk` distinguishes
+//! the job item, its chains, its files and its file-number counters.
+
+use crate::model::{Chain, FileRecord, Job, JobStatus};
+use crate::ports::job_store::{
+    ChainWrites, FileRecords, JobReads, JobWrites, PollCounter, ScheduleLog, StoreError,
+};
+use async_trait::async_trait;
+use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::error::SdkError;
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, Put,
+    ScalarAttributeType, TimeToLiveSpecification, TransactWriteItem, Update,
+};
+use std::collections::HashMap;
+
+const JOB_SK: &str = "JOB";
+
+/// DynamoDB-backed job store.
+#[derive(Clone)]
+pub struct DynamoJobStore {
+    client: Client,
+    table: String,
+}
+
+fn pk(job_id: &str) -> AttributeValue {
+    AttributeValue::S(format!("JOB#{job_id}"))
+}
+
+fn s(v: impl Into<String>) -> AttributeValue {
+    AttributeValue::S(v.into())
+}
+
+fn n(v: impl ToString) -> AttributeValue {
+    AttributeValue::N(v.to_string())
+}
+
+fn backend<E: std::fmt::Debug>(e: E) -> StoreError {
+    StoreError::Backend(format!("{e:?}").chars().take(500).collect())
+}
+
+fn is_conditional_failure<E, R>(e: &SdkError<E, R>) -> bool
+where
+    E: aws_sdk_dynamodb::error::ProvideErrorMetadata,
+{
+    match e {
+        SdkError::ServiceError(se) => matches!(
+            se.err().code(),
+            Some("ConditionalCheckFailedException") | Some("TransactionCanceledException")
+        ),
+        _ => false,
+    }
+}
+
+type Item = HashMap<String, AttributeValue>;
+
+fn attr_str<'a>(item: &'a Item, name: &str) -> Result<&'a str, StoreError> {
+    item.get(name)
+        .and_then(|v| v.as_s().ok())
+        .map(String::as_str)
+        .ok_or_else(|| StoreError::Corrupt(format!("missing {name}")))
+}
+
+fn attr_num(item: &Item, name: &str) -> Result<i64, StoreError> {
+    item.get(name)
+        .and_then(|v| v.as_n().ok())
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| StoreError::Corrupt(format!("missing {name}")))
+}
+
+fn decode_job(item: &Item) -> Result<Job, StoreError> {
+    let mut job: Job = serde_json::from_str(attr_str(item, "doc")?)
+        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    job.status = JobStatus::parse(attr_str(item, "status")?)
+        .ok_or_else(|| StoreError::Corrupt("status".into()))?;
+    job.version = attr_num(item, "version")? as u64;
+    job.chains_remaining = attr_num(item, "remaining")?;
+    Ok(job)
+}
+
+fn decode_chain(item: &Item) -> Result<Chain, StoreError> {
+    let mut chain: Chain = serde_json::from_str(attr_str(item, "doc")?)
+        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    chain.version = attr_num(item, "version")? as u64;
+    Ok(chain)
+}
+
+fn encode<T: serde::Serialize>(v: &T) -> Result<String, StoreError> {
+    serde_json::to_string(v).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+impl DynamoJobStore {
+    /// Wraps a client and table name.
+    pub fn new(client: Client, table: impl Into<String>) -> Self {
+        Self {
+            client,
+            table: table.into(),
+        }
+    }
+
+    /// Creates the table (with TTL on `ttl`) if it does not exist; for local runs and tests.
+    pub async fn ensure_table(&self) -> Result<(), StoreError> {
+        if self
+            .client
+            .describe_table()
+            .table_name(&self.table)
+            .send()
+            .await
+            .is_ok()
+        {
+            return Ok(());
+        }
+        let key = |name: &str, kt: KeyType| {
+            KeySchemaElement::builder()
+                .attribute_name(name)
+                .key_type(kt)
+                .build()
+        };
+        let def = |name: &str| {
+            AttributeDefinition::builder()
+                .attribute_name(name)
+                .attribute_type(ScalarAttributeType::S)
+                .build()
+        };
+        let created = self
+            .client
+            .create_table()
+            .table_name(&self.table)
+            .billing_mode(BillingMode::PayPerRequest)
+            .key_schema(key("pk", KeyType::Hash).map_err(backend)?)
+            .key_schema(key("sk", KeyType::Range).map_err(backend)?)
+            .attribute_definitions(def("pk").map_err(backend)?)
+            .attribute_definitions(def("sk").map_err(backend)?)
+            .send()
+            .await;
+        if let Err(e) = created {
+            // Another process may have created it concurrently.
+            let exists =
+                matches!(&e, SdkError::ServiceError(se) if se.err().is_resource_in_use_exception());
+            if !exists {
+                return Err(backend(e));
+            }
+        }
+        let ttl = TimeToLiveSpecification::builder()
+            .attribute_name("ttl")
+            .enabled(true)
+            .build()
+            .map_err(backend)?;
+        // TTL is a backstop for expiry; an emulator without it is still usable.
+        if let Err(e) = self
+            .client
+            .update_time_to_live()
+            .table_name(&self.table)
+            .time_to_live_specification(ttl)
+            .send()
+            .await
+        {
+            tracing::warn!(error = ?e, "could not enable TTL on the job table");
+        }
+        Ok(())
+    }
+
+    async fn query_prefix(&self, job_id: &str, prefix: &str) -> Result<Vec<Item>, StoreError> {
+        let mut items = Vec::new();
+        let mut start: Option<Item> = None;
+        loop {
+            let resp = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression("pk = :pk AND begins_with(sk, :p)")
+                .expression_attribute_values(":pk", pk(job_id))
+                .expression_attribute_values(":p", s(prefix))
+                .consistent_read(true)
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(backend)?;
+            items.extend(resp.items.unwrap_or_default());
+            match resp.last_evaluated_key {
+                Some(k) if !k.is_empty() => start = Some(k),
+                _ => return Ok(items),
+            }
+        }
+    }
+
+    fn chain_update(&self, chain: &Chain) -> Result<Update, StoreError> {
+        Update::builder()
+            .table_name(&self.table)
+            .key("pk", pk(&chain.job_id))
+            .key("sk", s(format!("CHAIN#{}", chain.chain_id)))
+            .update_expression("SET doc = :doc, version = :next")
+            .condition_expression("version = :v")
+            .expression_attribute_values(":doc", s(encode(chain)?))
+            .expression_attribute_values(":next", n(chain.version + 1))
+            .expression_attribute_values(":v", n(chain.version))
+            .build()
+            .map_err(backend)
+    }
+}
+
+#[async_trait]
+impl JobReads for DynamoJobStore {
+    async fn get_job(&self, job_id: &str) -> Result<Option<Job>, StoreError> {
+        let resp = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", pk(job_id))
+            .key("sk", s(JOB_SK))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(backend)?;
+        resp.item.as_ref().map(decode_job).transpose()
+    }
+
+    async fn active_jobs(&self) -> Result<Vec<Job>, StoreError> {
+        let mut jobs = Vec::new();
+        let mut start: Option<Item> = None;
+        loop {
+            let resp = self
+                .client
+                .scan()
+                .table_name(&self.table)
+                .filter_expression("sk = :job AND (#st = :q OR #st = :r)")
+                .expression_attribute_names("#st", "status")
+                .expression_attribute_values(":job", s(JOB_SK))
+                .expression_attribute_values(":q", s(JobStatus::Queued.as_str()))
+                .expression_attribute_values(":r", s(JobStatus::Running.as_str()))
+                .consistent_read(true)
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(backend)?;
+            for item in resp.items.unwrap_or_default() {
+                jobs.push(decode_job(&item)?);
+            }
+            match resp.last_evaluated_key {
+                Some(k) if !k.is_empty() => start = Some(k),
+                _ => return Ok(jobs),
+            }
+        }
+    }
+
+    async fn get_chain(&self, job_id: &str, chain_id: &str) -> Result<Option<Chain>, StoreError> {
+        let resp = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", pk(job_id))
+            .key("sk", s(format!("CHAIN#{chain_id}")))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(backend)?;
+        resp.item.as_ref().map(decode_chain).transpose()
+    }
+
+    async fn list_chains(&self, job_id: &str) -> Result<Vec<Chain>, StoreError> {
+        self.query_prefix(job_id, "CHAIN#")
+            .await?
+            .iter()
+            .map(decode_chain)
+            .collect()
+    }
+}
+
+#[async_trait]
+impl JobWrites for DynamoJobStore {
+    async fn create_job(&self, job: &Job, chains: &[Chain]) -> Result<(), StoreError> {
+        // Chains first: a job item only exists once all its chains do.
+        for chain in chains {
+            self.client
+                .put_item()
+                .table_name(&self.table)
+                .item("pk", pk(&job.id))
+                .item("sk", s(format!("CHAIN#{}", chain.chain_id)))
+                .item("doc", s(encode(chain)?))
+                .item("version", n(0))
+                .item("ttl", n(job.expires_at))
+                .send()
+                .await
+                .map_err(backend)?;
+        }
+        let put = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .item("pk", pk(&job.id))
+            .item("sk", s(JOB_SK))
+            .item("doc", s(encode(job)?))
+            .item("status", s(job.status.as_str()))
+            .item("version", n(0))
+            .item("remaining", n(chains.len()))
+            .item("owner", s(&job.owner))
+            .item("ttl", n(job.expires_at))
+            .condition_expression("attribute_not_exists(pk)")
+            .send()
+            .await;
+        match put {
+            Ok(_) => Ok(()),
+            Err(e) if is_conditional_failure(&e) => Err(StoreError::Conflict),
+            Err(e) => Err(backend(e)),
+        }
+    }
+
+    async fn set_job_status(
+        &self,
+        job: &Job,
+        status: JobStatus,
+        failure: Option<String>,
+    ) -> Result<(), StoreError> {
+        let mut doc = job.clone();
+        doc.failure = failure;
+        let resp = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", pk(&job.id))
+            .key("sk", s(JOB_SK))
+            .update_expression("SET #st = :s, doc = :doc, version = :next")
+            .condition_expression("version = :v")
+            .expression_attribute_names("#st", "status")
+            .expression_attribute_values(":s", s(status.as_str()))
+            .expression_attribute_values(":doc", s(encode(&doc)?))
+            .expression_attribute_values(":next", n(job.version + 1))
+            .expression_attribute_values(":v", n(job.version))
+            .send()
+            .await;
+        match resp {
+            Ok(_) => Ok(()),
+            Err(e) if is_conditional_failure(&e) => Err(StoreError::Conflict),
+            Err(e) => Err(backend(e)),
+        }
+    }
+
+    async fn cancel_job(&self, job_id: &str) -> Result<bool, StoreError> {
+        let resp = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", pk(job_id))
+            .key("sk", s(JOB_SK))
+            .update_expression("SET #st = :c ADD version :one")
+            .condition_expression("attribute_exists(pk) AND #st <> :c")
+            .expression_attribute_names("#st", "status")
+            .expression_attribute_values(":c", s(JobStatus::Cancelled.as_str()))
+            .expression_attribute_values(":one", n(1))
+            .send()
+            .await;
+        match resp {
+            Ok(_) => Ok(true),
+            Err(e) if is_conditional_failure(&e) => Ok(false),
+            Err(e) => Err(backend(e)),
+        }
+    }
+
+    async fn delete_job(&self, job_id: &str) -> Result<(), StoreError> {
+        for item in self.query_prefix(job_id, "").await? {
+            let sk = attr_str(&item, "sk")?.to_string();
+            self.client
+                .delete_item()
+                .table_name(&self.table)
+                .key("pk", pk(job_id))
+                .key("sk", s(sk))
+                .send()
+                .await
+                .map_err(backend)?;
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl ChainWrites for DynamoJobStore {
+    async fn save_chain(&self, chain: &mut Chain) -> Result<(), StoreError> {
+        let u = self.chain_update(chain)?;
+        let resp = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", pk(&chain.job_id))
+            .key("sk", s(format!("CHAIN#{}", chain.chain_id)))
+            .update_expression(u.update_expression())
+            .condition_expression(u.condition_expression().unwrap_or_default())
+            .set_expression_attribute_values(u.expression_attribute_values().cloned())
+            .send()
+            .await;
+        match resp {
+            Ok(_) => {
+                chain.version += 1;
+                Ok(())
+            }
+            Err(e) if is_conditional_failure(&e) => Err(StoreError::Conflict),
+            Err(e) => Err(backend(e)),
+        }
+    }
+
+    async fn finish_chain(&self, chain: &mut Chain) -> Result<(), StoreError> {
+        let job_update = Update::builder()
+            .table_name(&self.table)
+            .key("pk", pk(&chain.job_id))
+            .key("sk", s(JOB_SK))
+            .update_expression("ADD remaining :minus")
+            .expression_attribute_values(":minus", n(-1))
+            .build()
+            .map_err(backend)?;
+        let resp = self
+            .client
+            .transact_write_items()
+            .transact_items(
+                TransactWriteItem::builder()
+                    .update(self.chain_update(chain)?)
+                    .build(),
+            )
+            .transact_items(TransactWriteItem::builder().update(job_update).build())
+            .send()
+            .await;
+        match resp {
+            Ok(_) => {
+                chain.version += 1;
+                Ok(())
+            }
+            Err(e) if is_conditional_failure(&e) => Err(StoreError::Conflict),
+            Err(e) => Err(backend(e)),
+        }
+    }
+
+    async fn split_chain(
+        &self,
+        chain: &mut Chain,
+        new: &[Chain],
+        expires_at: i64,
+    ) -> Result<(), StoreError> {
+        let job_update = Update::builder()
+            .table_name(&self.table)
+            .key("pk", pk(&chain.job_id))
+            .key("sk", s(JOB_SK))
+            .update_expression("ADD remaining :more")
+            .expression_attribute_values(":more", n(new.len()))
+            .build()
+            .map_err(backend)?;
+        let mut tx = self
+            .client
+            .transact_write_items()
+            .transact_items(
+                TransactWriteItem::builder()
+                    .update(self.chain_update(chain)?)
+                    .build(),
+            )
+            .transact_items(TransactWriteItem::builder().update(job_update).build());
+        for c in new {
+            let put = Put::builder()
+                .table_name(&self.table)
+                .item("pk", pk(&c.job_id))
+                .item("sk", s(format!("CHAIN#{}", c.chain_id)))
+                .item("doc", s(encode(c)?))
+                .item("version", n(0))
+                .item("ttl", n(expires_at))
+                .condition_expression("attribute_not_exists(pk)")
+                .build()
+                .map_err(backend)?;
+            tx = tx.transact_items(TransactWriteItem::builder().put(put).build());
+        }
+        match tx.send().await {
+            Ok(_) => {
+                chain.version += 1;
+                Ok(())
+            }
+            Err(e) if is_conditional_failure(&e) => Err(StoreError::Conflict),
+            Err(e) => Err(backend(e)),
+        }
+    }
+}
+
+#[async_trait]
+impl FileRecords for DynamoJobStore {
+    async fn put_file(&self, job_id: &str, file: &FileRecord) -> Result<(), StoreError> {
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .item("pk", pk(job_id))
+            .item(
+                "sk",
+                s(format!("FILE#{}#{:08}", file.resource_type, file.number)),
+            )
+            .item("doc", s(encode(file)?))
+            .send()
+            .await
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    async fn list_files(&self, job_id: &str) -> Result<Vec<FileRecord>, StoreError> {
+        self.query_prefix(job_id, "FILE#")
+            .await?
+            .iter()
+            .map(|item| {
+                serde_json::from_str(attr_str(item, "doc")?)
+                    .map_err(|e| StoreError::Corrupt(e.to_string()))
+            })
+            .collect()
+    }
+
+    async fn next_file_number(
+        &self,
+        job_id: &str,
+        resource_type: &str,
+        expires_at: i64,
+    ) -> Result<u32, StoreError> {
+        let resp = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", pk(job_id))
+            .key("sk", s(format!("SEQ#{resource_type}")))
+            .update_expression("ADD next_number :one SET #ttl = :ttl")
+            .expression_attribute_names("#ttl", "ttl")
+            .expression_attribute_values(":one", n(1))
+            .expression_attribute_values(":ttl", n(expires_at))
+            .return_values(aws_sdk_dynamodb::types::ReturnValue::UpdatedNew)
+            .send()
+            .await
+            .map_err(backend)?;
+        let attrs = resp.attributes.unwrap_or_default();
+        Ok(attr_num(&attrs, "next_number")? as u32)
+    }
+}
+
+#[async_trait]
+impl PollCounter for DynamoJobStore {
+    async fn record_poll(
+        &self,
+        job_id: &str,
+        now: i64,
+        window_secs: i64,
+    ) -> Result<u64, StoreError> {
+        let polls_of = |attrs: Option<Item>| {
+            attrs.and_then(|a| attr_num(&a, "polls").ok()).unwrap_or(1) as u64
+        };
+        let within = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", pk(job_id))
+            .key("sk", s(JOB_SK))
+            .update_expression("ADD polls :one")
+            .condition_expression("attribute_exists(pk) AND poll_window > :cutoff")
+            .expression_attribute_values(":one", n(1))
+            .expression_attribute_values(":cutoff", n(now - window_secs))
+            .return_values(aws_sdk_dynamodb::types::ReturnValue::UpdatedNew)
+            .send()
+            .await;
+        match within {
+            Ok(r) => return Ok(polls_of(r.attributes)),
+            Err(e) if is_conditional_failure(&e) => {}
+            Err(e) => return Err(backend(e)),
+        }
+        let fresh = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", pk(job_id))
+            .key("sk", s(JOB_SK))
+            .update_expression("SET poll_window = :now, polls = :one")
+            .condition_expression("attribute_exists(pk)")
+            .expression_attribute_values(":now", n(now))
+            .expression_attribute_values(":one", n(1))
+            .send()
+            .await;
+        match fresh {
+            Ok(_) => Ok(1),
+            Err(e) if is_conditional_failure(&e) => Ok(1),
+            Err(e) => Err(backend(e)),
+        }
+    }
+}
+
+#[async_trait]
+impl ScheduleLog for DynamoJobStore {
+    async fn record_schedule_success(
+        &self,
+        schedule: &str,
+        transaction_time: &str,
+    ) -> Result<(), StoreError> {
+        // Instants are stored in one UTC millisecond format, so string order is time order.
+        let resp = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .item("pk", s(format!("SCHEDULE#{schedule}")))
+            .item("sk", s("LAST"))
+            .item("tx", s(transaction_time))
+            .condition_expression("attribute_not_exists(tx) OR tx < :t")
+            .expression_attribute_values(":t", s(transaction_time))
+            .send()
+            .await;
+        match resp {
+            Ok(_) => Ok(()),
+            Err(e) if is_conditional_failure(&e) => Ok(()),
+            Err(e) => Err(backend(e)),
+        }
+    }
+
+    async fn last_schedule_success(&self, schedule: &str) -> Result<Option<String>, StoreError> {
+        let resp = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", s(format!("SCHEDULE#{schedule}")))
+            .key("sk", s("LAST"))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(backend)?;
+        Ok(resp
+            .item
+            .as_ref()
+            .and_then(|i| i.get("tx"))
+            .and_then(|v| v.as_s().ok())
+            .cloned())
+    }
+}

@@ -1,0 +1,13 @@
+//! One folder per backend behind a port: DynamoDB, S3, a FHIR server, NDJSON
+//! files, Lambda's Invoke API, and the SQS and SSM clients the Lambda
+//! functions use.
+
+pub mod dynamo;
+pub mod fhir_server;
+pub mod lambda_invoke;
+pub mod ndjson;
+pub mod s3;
+#[cfg(feature = "lambda")]
+pub mod sqs;
+#[cfg(feature = "lambda")]
+pub mod ssm;

@@ -1,0 +1,333 @@
+//! [`Source`] over `<Type>*.ndjson[.gz]` files in a directory or under an S3
+//! prefix. The cursor is `<file index>:<byte offset>`, so a page can be re-read
+//! exactly.
+
+pub mod location;
+
+use crate::adapters::ndjson::location::{Location, S3Prefix};
+use crate::fhir::framing::{minify_into, read_head};
+use crate::fhir::instant::parse_instant;
+use crate::fhir::resource_types::is_resource_type;
+use crate::model::{PatientScope, compartment_owner};
+use crate::ports::source::{Page, PageRequest, Source, SourceError};
+use async_trait::async_trait;
+use std::io::BufRead;
+use std::path::PathBuf;
+
+/// Most bytes one page scans, so a filter that rejects everything still
+/// returns control to the step regularly.
+const MAX_SCAN_BYTES: u64 = 16 * 1024 * 1024;
+
+/// Reads resources from NDJSON files in one directory or S3 prefix.
+#[derive(Debug, Clone)]
+pub struct NdjsonSource {
+    location: Location,
+}
+
+fn io_err(e: std::io::Error) -> SourceError {
+    SourceError::Permanent(format!("reading NDJSON source: {}", e.kind()))
+}
+
+/// Runs blocking file or S3 reads off the async workers.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, SourceError> + Send + 'static,
+) -> Result<T, SourceError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| SourceError::Permanent(e.to_string()))?
+}
+
+/// The resource type a file name belongs to (`Observation.ndjson`,
+/// `Observation-2.ndjson`, `Observation.000.ndjson`, `Observation.ndjson.gz`).
+pub fn type_of_file(name: &str) -> Option<&str> {
+    let stem = name
+        .strip_suffix(".ndjson")
+        .or_else(|| name.strip_suffix(".ndjson.gz"))?;
+    let ty = stem.split(['-', '.']).next()?;
+    is_resource_type(ty).then_some(ty)
+}
+
+impl NdjsonSource {
+    /// A source over the local directory `dir`.
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self {
+            location: Location::Dir(dir.into()),
+        }
+    }
+
+    /// A source over the objects directly under an S3 prefix.
+    pub fn s3(prefix: S3Prefix) -> Self {
+        Self {
+            location: Location::S3(prefix),
+        }
+    }
+
+    fn files_of(&self, resource_type: &str) -> Result<Vec<String>, SourceError> {
+        let mut files = self.location.list()?;
+        files.retain(|name| type_of_file(name) == Some(resource_type));
+        Ok(files)
+    }
+
+    fn read_page(&self, req: &PageRequest<'_>) -> Result<Page, SourceError> {
+        let files = self.files_of(req.resource_type)?;
+        let (mut file_idx, mut offset) = match req.cursor {
+            None => (0usize, 0u64),
+            Some(c) => {
+                let (f, o) = c
+                    .split_once(':')
+                    .and_then(|(f, o)| Some((f.parse().ok()?, o.parse().ok()?)))
+                    .ok_or_else(|| SourceError::Permanent("malformed NDJSON cursor".into()))?;
+                (f, o)
+            }
+        };
+        let mut page = Page::default();
+        let mut scanned = 0u64;
+        let mut line = Vec::with_capacity(8 * 1024);
+        while file_idx < files.len() {
+            let mut opened = self.location.open_at(&files[file_idx], offset)?;
+            let mut window_start = offset;
+            loop {
+                if page.count as usize >= req.page_size || scanned >= MAX_SCAN_BYTES {
+                    page.next = Some(format!("{file_idx}:{offset}"));
+                    return Ok(page);
+                }
+                line.clear();
+                let n = opened.reader.read_until(b'\n', &mut line).map_err(io_err)? as u64;
+                if n == 0 {
+                    if opened.window_end.is_some_and(|end| offset >= end) {
+                        // The ranged read ended, not the object.
+                        opened = self.location.open_at(&files[file_idx], offset)?;
+                        window_start = offset;
+                        continue;
+                    }
+                    break;
+                }
+                if opened
+                    .window_end
+                    .is_some_and(|end| offset + n >= end && line.last() != Some(&b'\n'))
+                {
+                    // The line runs past a ranged read: re-read it in full.
+                    if offset == window_start {
+                        opened = self.location.open_unbounded(&files[file_idx], offset)?;
+                    } else {
+                        opened = self.location.open_at(&files[file_idx], offset)?;
+                        window_start = offset;
+                    }
+                    continue;
+                }
+                offset += n;
+                scanned += n;
+                while matches!(line.last(), Some(b'\n' | b'\r')) {
+                    line.pop();
+                }
+                if line.iter().all(u8::is_ascii_whitespace) {
+                    continue;
+                }
+                let head = read_head(&line).map_err(|_| {
+                    SourceError::Permanent(format!(
+                        "{} line ending at byte {offset} is not a JSON resource",
+                        files[file_idx]
+                    ))
+                })?;
+                if head.resource_type != req.resource_type {
+                    return Err(SourceError::Permanent(format!(
+                        "a {} file holds a resource of another type",
+                        req.resource_type
+                    )));
+                }
+                if let Some(lu) = head.meta.as_ref().and_then(|m| m.last_updated) {
+                    let Some(t) = parse_instant(lu) else {
+                        return Err(SourceError::Permanent(
+                            "meta.lastUpdated is not an instant".into(),
+                        ));
+                    };
+                    if req.since.is_some_and(|s| t <= s) || t > req.until {
+                        continue;
+                    }
+                }
+                if req.scope.is_compartment() {
+                    // Compartment membership needs the reference elements; only
+                    // Patient- and Group-level exports pay for this parse.
+                    let value: serde_json::Value = serde_json::from_slice(&line)
+                        .map_err(|_| SourceError::Permanent("resource is not valid JSON".into()))?;
+                    if compartment_owner(&value, req.scope).is_none() {
+                        continue;
+                    }
+                }
+                if line.contains(&b'\r') {
+                    // A bare CR inside a line would break NDJSON framing downstream.
+                    minify_into(&mut page.ndjson, &line);
+                } else {
+                    page.ndjson.extend_from_slice(&line);
+                }
+                page.ndjson.push(b'\n');
+                page.count += 1;
+            }
+            file_idx += 1;
+            offset = 0;
+        }
+        page.next = None;
+        Ok(page)
+    }
+
+    fn count_lines(&self, resource_type: &str) -> Result<Option<u64>, SourceError> {
+        let files = self.files_of(resource_type)?;
+        self.location.estimate_lines(&files)
+    }
+
+    /// Every line of a type, page by page, until `visit` returns false.
+    async fn scan(
+        &self,
+        resource_type: &str,
+        mut visit: impl FnMut(&[u8]) -> bool,
+    ) -> Result<(), SourceError> {
+        let mut req = OwnedRequest {
+            resource_type: resource_type.into(),
+            cursor: None,
+            since: None,
+            until: time::OffsetDateTime::now_utc() + time::Duration::days(36500),
+            page_size: 10_000,
+            scope: PatientScope::None,
+        };
+        loop {
+            let this = self.clone();
+            let r = req.clone();
+            let page = blocking(move || this.read_page(&r.as_request())).await?;
+            for line in page.ndjson.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+                if !visit(line) {
+                    return Ok(());
+                }
+            }
+            match page.next {
+                Some(next) => req.cursor = Some(next),
+                None => return Ok(()),
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Source for NdjsonSource {
+    async fn resource_types(&self) -> Result<Vec<String>, SourceError> {
+        let location = self.location.clone();
+        let mut types: Vec<String> = blocking(move || location.list())
+            .await?
+            .iter()
+            .filter_map(|name| type_of_file(name).map(str::to_string))
+            .collect();
+        types.sort();
+        types.dedup();
+        // Group definitions are read for Group exports; they are not exported.
+        types.retain(|t| t != "Group");
+        Ok(types)
+    }
+
+    async fn fetch_page(&self, req: &PageRequest<'_>) -> Result<Page, SourceError> {
+        if !req.type_filters.is_empty() {
+            return Err(SourceError::Permanent(
+                "_typeFilter is not supported by the NDJSON source".into(),
+            ));
+        }
+        let this = self.clone();
+        let owned = OwnedRequest::from(req);
+        blocking(move || this.read_page(&owned.as_request())).await
+    }
+
+    async fn estimate(&self, req: &PageRequest<'_>) -> Result<Option<u64>, SourceError> {
+        let this = self.clone();
+        let ty = req.resource_type.to_string();
+        blocking(move || this.count_lines(&ty)).await
+    }
+
+    async fn read_resource(
+        &self,
+        resource_type: &str,
+        id: &str,
+    ) -> Result<Option<Vec<u8>>, SourceError> {
+        let mut found = None;
+        self.scan(resource_type, |line| {
+            if read_head(line).ok().and_then(|h| h.id) == Some(id) {
+                found = Some(line.to_vec());
+                return false;
+            }
+            true
+        })
+        .await?;
+        Ok(found)
+    }
+
+    async fn fetch_by_ids(&self, resource_type: &str, ids: &[String]) -> Result<Page, SourceError> {
+        let mut wanted: std::collections::HashSet<&str> = ids.iter().map(String::as_str).collect();
+        let mut page = Page::default();
+        self.scan(resource_type, |line| {
+            if let Some(id) = read_head(line).ok().and_then(|h| h.id)
+                && wanted.remove(id)
+            {
+                page.ndjson.extend_from_slice(line);
+                page.ndjson.push(b'\n');
+                page.count += 1;
+            }
+            !wanted.is_empty()
+        })
+        .await?;
+        Ok(page)
+    }
+
+    async fn patient_ids(&self) -> Result<Vec<String>, SourceError> {
+        let mut ids = Vec::new();
+        self.scan("Patient", |line| {
+            if let Some(id) = read_head(line).ok().and_then(|h| h.id) {
+                ids.push(id.to_string());
+            }
+            true
+        })
+        .await?;
+        Ok(ids)
+    }
+
+    fn queries_by_patient_batch(&self) -> bool {
+        false
+    }
+
+    fn supports_type_filter(&self) -> bool {
+        false
+    }
+}
+
+/// A [`PageRequest`] that can move into a blocking task.
+#[derive(Debug, Clone)]
+struct OwnedRequest {
+    resource_type: String,
+    cursor: Option<String>,
+    since: Option<time::OffsetDateTime>,
+    until: time::OffsetDateTime,
+    page_size: usize,
+    scope: PatientScope,
+}
+
+impl OwnedRequest {
+    fn from(r: &PageRequest<'_>) -> Self {
+        Self {
+            resource_type: r.resource_type.to_string(),
+            cursor: r.cursor.map(str::to_string),
+            since: r.since,
+            until: r.until,
+            page_size: r.page_size,
+            scope: r.scope.clone(),
+        }
+    }
+
+    fn as_request(&self) -> PageRequest<'_> {
+        PageRequest {
+            resource_type: &self.resource_type,
+            cursor: self.cursor.as_deref(),
+            since: self.since,
+            until: self.until,
+            type_filters: &[],
+            page_size: self.page_size,
+            scope: &self.scope,
+            batch: None,
+            read_ahead_below: 0,
+        }
+    }
+}

@@ -1,0 +1,3 @@
+//! Process-wide setup shared by the Lambda functions and the local runner.
+
+pub mod heap;

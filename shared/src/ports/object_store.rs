@@ -1,0 +1,52 @@
+//! The object store port: multipart NDJSON uploads, small puts, presigned GETs.
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use std::time::Duration;
+
+/// Why an object store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ObjectError {
+    /// The multipart upload no longer exists (completed or aborted).
+    #[error("no such upload")]
+    NoSuchUpload,
+    /// The backing service failed (after the SDK's own retries).
+    #[error("object store: {0}")]
+    Backend(String),
+}
+
+/// Output storage for export files.
+#[async_trait]
+pub trait ObjectStore: Send + Sync {
+    /// Starts a multipart upload; returns its id.
+    async fn create_upload(&self, key: &str) -> Result<String, ObjectError>;
+    /// Uploads (or re-uploads) one part; returns its ETag.
+    async fn upload_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        part_number: u32,
+        body: Bytes,
+    ) -> Result<String, ObjectError>;
+    /// Completes an upload from its parts' ETags (part numbers 1..=n).
+    async fn complete_upload(
+        &self,
+        key: &str,
+        upload_id: &str,
+        etags: &[String],
+    ) -> Result<(), ObjectError>;
+    /// Aborts an upload; succeeds if it is already gone.
+    async fn abort_upload(&self, key: &str, upload_id: &str) -> Result<(), ObjectError>;
+    /// Writes a small object in one request.
+    async fn put_object(&self, key: &str, body: Bytes) -> Result<(), ObjectError>;
+    /// Size of an object, or `None` if it does not exist.
+    async fn object_size(&self, key: &str) -> Result<Option<u64>, ObjectError>;
+    /// A presigned GET URL valid for `ttl`.
+    async fn presign_get(&self, key: &str, ttl: Duration) -> Result<String, ObjectError>;
+    /// Deletes every object under `prefix`.
+    async fn delete_prefix(&self, prefix: &str) -> Result<(), ObjectError>;
+    /// Reads a small object whole, `None` if it does not exist.
+    async fn get_object(&self, key: &str) -> Result<Option<Bytes>, ObjectError>;
+    /// Keys under `prefix`, in key order.
+    async fn list_keys(&self, prefix: &str) -> Result<Vec<String>, ObjectError>;
+}

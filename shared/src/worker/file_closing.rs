@@ -1,0 +1,97 @@
+//! Closing a file: completing its multipart upload (on its own task while the
+//! next file fills) and recording it, idempotently, so a duplicate step or a
+//! crash between completion and record never loses or doubles a file.
+
+use crate::model::{Chain, FileKind, FileRecord, Job, OpenFile};
+use crate::ports::object_store::ObjectError;
+use crate::ports::services::ExportServices;
+use crate::worker::outcome::StepError;
+use std::time::Duration;
+use tokio::task::JoinHandle;
+
+/// Waits briefly for an object a concurrent completion is writing; true once
+/// it exists (with `size`, when given).
+pub(crate) async fn object_appears(
+    svc: &ExportServices,
+    key: &str,
+    size: Option<u64>,
+) -> Result<bool, StepError> {
+    // A store that writes the object in place (s3s-fs) shows it growing
+    // while a completion runs: wait for the whole size, not just the key.
+    for attempt in 0..6u64 {
+        if let Some(found) = svc.objects.object_size(key).await?
+            && size.is_none_or(|s| s == found)
+        {
+            return Ok(true);
+        }
+        tokio::time::sleep(Duration::from_millis(50 * (attempt + 1))).await;
+    }
+    Ok(false)
+}
+
+/// A full file's completion, running on its own task.
+pub(crate) struct Closing(JoinHandle<Result<(), StepError>>);
+
+impl Closing {
+    /// Starts completing `file` (already moved to `chain.closing`).
+    pub(crate) fn start(
+        svc: &ExportServices,
+        job: &Job,
+        resource_type: &str,
+        file: OpenFile,
+    ) -> Self {
+        let (svc, job, ty) = (svc.clone(), job.clone(), resource_type.to_string());
+        Self(tokio::spawn(async move {
+            complete_file(&svc, &job, &ty, &file).await
+        }))
+    }
+
+    /// Whether the completion has ended (successfully or not).
+    pub(crate) fn is_done(&self) -> bool {
+        self.0.is_finished()
+    }
+
+    /// Waits for the completion; on success the chain forgets the file
+    /// (recorded by the chain's next write).
+    pub(crate) async fn finish(self, chain: &mut Chain) -> Result<(), StepError> {
+        self.0
+            .await
+            .map_err(|e| ObjectError::Backend(format!("file completion task: {e}")))??;
+        chain.closing = None;
+        Ok(())
+    }
+}
+
+/// Completes a file (idempotently) and records it.
+pub(crate) async fn complete_file(
+    svc: &ExportServices,
+    job: &Job,
+    resource_type: &str,
+    open: &OpenFile,
+) -> Result<(), StepError> {
+    if let Err(e) = svc
+        .objects
+        .complete_upload(&open.key, &open.upload_id, &open.parts)
+        .await
+    {
+        // A duplicate of this step may have completed it already (or be doing
+        // so right now): the file counts as complete only if it is whole.
+        if !object_appears(svc, &open.key, Some(open.bytes)).await? {
+            if matches!(e, ObjectError::NoSuchUpload) {
+                return Err(StepError::UploadLost(open.key.clone()));
+            }
+            return Err(e.into());
+        }
+    }
+    let record = FileRecord {
+        resource_type: resource_type.to_string(),
+        number: open.number,
+        key: open.key.clone(),
+        count: open.count,
+        bytes: open.bytes,
+        kind: FileKind::Output,
+        expires_at: job.expires_at,
+    };
+    svc.store.put_file(&job.id, &record).await?;
+    Ok(())
+}

@@ -1,0 +1,234 @@
+//! When chains and jobs end: the one place that fails or cancels a chain,
+//! completes a job once its last chain finished, starts the waiting
+//! referenced-resources chains, and promotes queued jobs into free slots.
+
+use crate::fhir::instant::unix_now;
+use crate::fhir::outcome::{Severity, operation_outcome};
+use crate::model::{Chain, ChainState, FileKind, FileRecord, Job, JobStatus, file_name};
+use crate::ports::job_store::StoreError;
+use crate::ports::object_store::ObjectError;
+use crate::ports::services::ExportServices;
+use crate::worker::file_closing::complete_file;
+use crate::worker::outcome::{StepError, StepOutcome, won};
+use bytes::Bytes;
+
+/// Writes one OperationOutcome line into a new error file of the job.
+pub async fn write_error_file(
+    svc: &ExportServices,
+    job: &Job,
+    messages: &[String],
+) -> Result<(), StepError> {
+    if messages.is_empty() {
+        return Ok(());
+    }
+    let mut body = Vec::new();
+    for m in messages {
+        let oo = operation_outcome(Severity::Error, "processing", m);
+        serde_json::to_writer(&mut body, &oo).map_err(|e| ObjectError::Backend(e.to_string()))?;
+        body.push(b'\n');
+    }
+    let number = svc
+        .store
+        .next_file_number(&job.id, "OperationOutcome", job.expires_at)
+        .await?;
+    let key = format!("{}/{}", job.folder, file_name("OperationOutcome", number));
+    let bytes = body.len() as u64;
+    svc.objects.put_object(&key, Bytes::from(body)).await?;
+    let record = FileRecord {
+        resource_type: "OperationOutcome".into(),
+        number,
+        key,
+        count: messages.len() as u64,
+        bytes,
+        kind: FileKind::Error,
+        expires_at: job.expires_at,
+    };
+    svc.store.put_file(&job.id, &record).await?;
+    Ok(())
+}
+
+/// Ends a chain whose source failed permanently (or that stalled too often): what it exported so far is
+/// kept, and an OperationOutcome explains the rest.
+pub async fn fail_chain(
+    svc: &ExportServices,
+    job: &Job,
+    mut chain: Chain,
+    err: &(dyn std::fmt::Display + Sync),
+) -> Result<StepOutcome, StepError> {
+    tracing::warn!(job_id = %job.id, chain = %chain.chain_id, error = %err, "chain failed");
+    if let Some(closing) = chain.closing.take() {
+        complete_file(svc, job, &chain.resource_type, &closing).await?;
+    }
+    if let Some(open) = chain.open_file.take() {
+        if open.parts.is_empty() {
+            svc.objects.abort_upload(&open.key, &open.upload_id).await?;
+        } else {
+            complete_file(svc, job, &chain.resource_type, &open).await?;
+        }
+    }
+    let message = format!(
+        "Export of {} stopped after {} resources: {}",
+        chain.resource_type, chain.exported, err
+    );
+    write_error_file(svc, job, &[message]).await?;
+    chain.state = ChainState::Failed;
+    chain.heartbeat = unix_now();
+    if !won(svc.store.finish_chain(&mut chain).await)? {
+        return Ok(StepOutcome::Stale);
+    }
+    maybe_complete_job(svc, &job.id).await?;
+    Ok(StepOutcome::Finished)
+}
+
+pub(crate) async fn cancel_chain(
+    svc: &ExportServices,
+    job: &Job,
+    mut chain: Chain,
+) -> Result<StepOutcome, StepError> {
+    for open in [chain.open_file.take(), chain.closing.take()]
+        .into_iter()
+        .flatten()
+    {
+        svc.objects.abort_upload(&open.key, &open.upload_id).await?;
+    }
+    chain.state = ChainState::Cancelled;
+    if !won(svc.store.finish_chain(&mut chain).await)? {
+        return Ok(StepOutcome::Stale);
+    }
+    maybe_complete_job(svc, &job.id).await?;
+    Ok(StepOutcome::Finished)
+}
+
+/// Marks a job complete once its last chain has finished (or cleans up a
+/// cancelled one). Safe to call any number of times.
+pub async fn maybe_complete_job(svc: &ExportServices, job_id: &str) -> Result<(), StepError> {
+    for _ in 0..5 {
+        let Some(job) = svc.store.get_job(job_id).await? else {
+            return Ok(());
+        };
+        if job.chains_remaining > 0 {
+            if job.status == JobStatus::Running
+                && job.chains_remaining as usize <= job.referenced_types.len()
+            {
+                start_waiting_chains(svc, &job).await?;
+            }
+            return Ok(());
+        }
+        match job.status {
+            JobStatus::Queued | JobStatus::Running => {
+                match svc
+                    .store
+                    .set_job_status(&job, JobStatus::Complete, None)
+                    .await
+                {
+                    Ok(()) => {
+                        if let Some(schedule) = &job.schedule {
+                            svc.store
+                                .record_schedule_success(schedule, &job.transaction_time)
+                                .await?;
+                        }
+                        if !job.referenced_types.is_empty()
+                            && let Err(e) = svc
+                                .objects
+                                .delete_prefix(&crate::worker::referenced::working_prefix(&job))
+                                .await
+                        {
+                            // Expires with the job's files anyway.
+                            tracing::warn!(job_id, error = %e, "could not remove working objects");
+                        }
+                        tracing::info!(job_id, "export complete");
+                        crate::worker::lifecycle::promote_queued(svc).await?;
+                        return Ok(());
+                    }
+                    Err(StoreError::Conflict) => continue,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            JobStatus::Cancelled => {
+                svc.objects
+                    .delete_prefix(&format!("{}/", job.folder))
+                    .await?;
+                crate::worker::lifecycle::promote_queued(svc).await?;
+                return Ok(());
+            }
+            JobStatus::Complete | JobStatus::Failed => return Ok(()),
+        }
+    }
+    Ok(())
+}
+
+/// Starts the waiting (referenced-resources) chains once every other chain
+/// of the job has finished. Concurrent callers race on each chain's version:
+/// one of them starts it.
+async fn start_waiting_chains(svc: &ExportServices, job: &Job) -> Result<(), StepError> {
+    let chains = svc.store.list_chains(&job.id).await?;
+    if chains
+        .iter()
+        .any(|c| !c.referenced && !c.state.is_finished())
+    {
+        return Ok(());
+    }
+    for mut chain in chains
+        .into_iter()
+        .filter(|c| c.state == ChainState::Waiting)
+    {
+        chain.state = ChainState::Running;
+        chain.heartbeat = unix_now();
+        match svc.store.save_chain(&mut chain).await {
+            Ok(()) => {}
+            Err(StoreError::Conflict) => continue,
+            Err(e) => return Err(e.into()),
+        }
+        tracing::info!(job_id = %job.id, chain = %chain.chain_id, "referenced-resources chain started");
+        svc.continuation.schedule(chain.event()).await?;
+    }
+    Ok(())
+}
+
+/// Starts queued jobs while slots are free, oldest first. Safe to call from
+/// anywhere at any time: each start is a conditional status change.
+pub async fn promote_queued(svc: &ExportServices) -> Result<usize, StoreError> {
+    let active = svc.store.active_jobs().await?;
+    let mut running: Vec<String> = active
+        .iter()
+        .filter(|j| j.status == JobStatus::Running)
+        .map(|j| j.owner.clone())
+        .collect();
+    let mut queued: Vec<&Job> = active
+        .iter()
+        .filter(|j| j.status == JobStatus::Queued)
+        .collect();
+    queued.sort_by(|a, b| (&a.transaction_time, &a.id).cmp(&(&b.transaction_time, &b.id)));
+    let mut started = 0;
+    for job in queued {
+        if running.len() >= svc.config.max_running_jobs {
+            break;
+        }
+        if running.iter().filter(|o| **o == job.owner).count() >= svc.config.max_running_per_client
+        {
+            continue;
+        }
+        match svc
+            .store
+            .set_job_status(job, JobStatus::Running, None)
+            .await
+        {
+            Ok(()) => {}
+            Err(StoreError::Conflict) => continue,
+            Err(e) => return Err(e),
+        }
+        for chain in svc.store.list_chains(&job.id).await? {
+            if chain.state != crate::model::ChainState::Running {
+                continue;
+            }
+            let ev = chain.event();
+            if let Err(e) = svc.continuation.schedule(ev).await {
+                tracing::error!(job_id = %job.id, error = %e, "could not start a queued chain; the watchdog will");
+            }
+        }
+        tracing::info!(job_id = %job.id, "queued export started");
+        running.push(job.owner.clone());
+        started += 1;
+    }
+    Ok(started)
+}

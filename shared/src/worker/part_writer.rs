@@ -1,0 +1,240 @@
+//! The parts of a chain's open file. A part uploads on its own task while the
+//! next part's pages are read (so at most two parts are in memory), and is
+//! committed, with the cursor after it, only once its upload has finished and
+//! every earlier part is committed: the chain record never lists a part that
+//! is not stored, and never a cursor past bytes that are not.
+
+use crate::fhir::instant::unix_now;
+use crate::model::config::MIN_PART_SIZE;
+use crate::model::{Chain, ChainState, Job, OpenFile, file_name};
+use crate::ports::object_store::ObjectError;
+use crate::ports::services::ExportServices;
+use crate::worker::file_closing::{complete_file, object_appears};
+use crate::worker::lifecycle::maybe_complete_job;
+use crate::worker::outcome::{StepError, StepOutcome, won};
+use bytes::Bytes;
+use tokio::task::JoinHandle;
+
+/// Page cursors remembered per chain to detect `next` links that loop.
+const MAX_VISITED: usize = 2000;
+
+/// What one part read from the source, and where the chain stands after it.
+pub(crate) struct PartData {
+    /// NDJSON lines of the part.
+    pub buf: Vec<u8>,
+    /// Lines in `buf`.
+    pub count: u64,
+    /// Cursor of the next page to read.
+    pub cursor: Option<String>,
+    /// Lines of that page already exported.
+    pub skip: u64,
+    /// Hashes of the page cursors followed.
+    pub visited: Vec<u64>,
+    /// The source has no more pages.
+    pub exhausted: bool,
+}
+
+/// A part whose upload may still be running.
+pub(crate) struct PendingPart {
+    upload: Option<JoinHandle<Result<String, ObjectError>>>,
+    bytes: u64,
+    count: u64,
+    cursor: Option<String>,
+    skip: u64,
+    visited: Vec<u64>,
+    exhausted: bool,
+}
+
+impl PendingPart {
+    /// Starts uploading `data` as the next part of `open` (the chain's open
+    /// file; a part with bytes needs one).
+    pub(crate) fn start(
+        svc: &ExportServices,
+        open: Option<&OpenFile>,
+        data: PartData,
+    ) -> Result<Self, StepError> {
+        let bytes = data.buf.len() as u64;
+        let upload = if data.buf.is_empty() {
+            None
+        } else {
+            let open = open.ok_or_else(|| {
+                ObjectError::Backend("a part has bytes but its chain has no open file".into())
+            })?;
+            let objects = svc.objects.clone();
+            let (key, upload_id) = (open.key.clone(), open.upload_id.clone());
+            // Part numbers follow from the committed parts, so a retried step
+            // overwrites the same part.
+            let number = open.parts.len() as u32 + 1;
+            let body = Bytes::from(data.buf);
+            Some(tokio::spawn(async move {
+                objects.upload_part(&key, &upload_id, number, body).await
+            }))
+        };
+        Ok(Self {
+            upload,
+            bytes,
+            count: data.count,
+            cursor: data.cursor,
+            skip: data.skip,
+            visited: data.visited,
+            exhausted: data.exhausted,
+        })
+    }
+
+    /// Bytes of the part.
+    pub(crate) fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// Whether the upload has finished (successfully or not).
+    pub(crate) fn is_uploaded(&self) -> bool {
+        self.upload.as_ref().is_none_or(JoinHandle::is_finished)
+    }
+
+    /// Where the chain stands after this part: cursor and lines to skip.
+    pub(crate) fn position(&self) -> (Option<String>, u64) {
+        (self.cursor.clone(), self.skip)
+    }
+
+    /// Whether the part followed the page cursor hashed to `h`.
+    pub(crate) fn visited(&self, h: u64) -> bool {
+        self.visited.contains(&h)
+    }
+}
+
+impl Drop for PendingPart {
+    /// A part that is never committed need not finish uploading: the retry
+    /// uploads it again.
+    fn drop(&mut self) {
+        if let Some(upload) = &self.upload {
+            upload.abort();
+        }
+    }
+}
+
+/// Waits for a part's upload and commits it: the chain's part list, cursor
+/// and counts in one conditional write; the file is completed if the part
+/// ends it, and the chain finished if the source is exhausted. `Some` ends
+/// the step with that outcome.
+pub(crate) async fn commit(
+    svc: &ExportServices,
+    job: &Job,
+    chain: &mut Chain,
+    mut part: PendingPart,
+    total: Option<u64>,
+) -> Result<Option<StepOutcome>, StepError> {
+    let mut already_completed = false;
+    if let Some(upload) = part.upload.take() {
+        let uploaded = upload
+            .await
+            .unwrap_or_else(|e| Err(ObjectError::Backend(format!("part upload task: {e}"))));
+        let Some((key, bytes)) = chain.open_file.as_ref().map(|o| (o.key.clone(), o.bytes)) else {
+            return Err(ObjectError::Backend("an uploaded part's file is not open".into()).into());
+        };
+        let etag = match uploaded {
+            Ok(etag) => etag,
+            Err(ObjectError::NoSuchUpload) => {
+                // Only an earlier attempt or a concurrent duplicate of this
+                // very step completes this upload: if the chain moved on,
+                // this delivery is stale; if the object holds exactly the
+                // committed bytes plus this part, the file is done.
+                let now = svc.store.get_chain(&job.id, &chain.chain_id).await?;
+                if now.is_some_and(|c| c.version != chain.version) {
+                    return Ok(Some(StepOutcome::Stale));
+                }
+                if !object_appears(svc, &key, Some(bytes + part.bytes)).await? {
+                    return Err(StepError::UploadLost(key));
+                }
+                already_completed = true;
+                String::new()
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if let Some(open) = chain.open_file.as_mut() {
+            open.parts.push(etag);
+            open.bytes += part.bytes;
+            open.count += part.count;
+        }
+    }
+    chain.cursor = part.cursor.take();
+    chain.skip = part.skip;
+    chain.visited.append(&mut part.visited);
+    let excess = chain.visited.len().saturating_sub(MAX_VISITED);
+    chain.visited.drain(..excess);
+    chain.exported += part.count;
+    chain.total = total;
+    chain.step += 1;
+    chain.heartbeat = unix_now();
+    tracing::info!(
+        resources = part.count,
+        bytes = part.bytes,
+        exhausted = part.exhausted,
+        "part uploaded"
+    );
+
+    // A part under 5 MiB may only be the last of its file.
+    let small_tail = part.bytes > 0 && part.bytes < MIN_PART_SIZE as u64;
+    if (part.exhausted || small_tail || already_completed)
+        && let Some(open) = chain.open_file.take()
+    {
+        complete_file(svc, job, &chain.resource_type, &open).await?;
+    }
+    if part.exhausted {
+        chain.state = ChainState::Done;
+        if !won(svc.store.finish_chain(chain).await)? {
+            return Ok(Some(StepOutcome::Stale));
+        }
+        maybe_complete_job(svc, &job.id).await?;
+        return Ok(Some(StepOutcome::Finished));
+    }
+    if !won(svc.store.save_chain(chain).await)? {
+        return Ok(Some(StepOutcome::Stale));
+    }
+    Ok(None)
+}
+
+/// Reserves a file number and opens its multipart upload, committing each
+/// so a retried step reuses them. Returns false if another writer won.
+pub(crate) async fn open_new_file(
+    svc: &ExportServices,
+    job: &Job,
+    chain: &mut Chain,
+) -> Result<bool, StepError> {
+    let number = match chain.reserved_number {
+        Some(n) => n,
+        None => {
+            let n = svc
+                .store
+                .next_file_number(&job.id, &chain.resource_type, job.expires_at)
+                .await?;
+            chain.reserved_number = Some(n);
+            if !won(svc.store.save_chain(chain).await)? {
+                return Ok(false);
+            }
+            n
+        }
+    };
+    let key = format!("{}/{}", job.folder, file_name(&chain.resource_type, number));
+    let upload_id = svc.objects.create_upload(&key).await?;
+    chain.open_file = Some(OpenFile {
+        start_cursor: chain.cursor.clone(),
+        start_skip: chain.skip,
+        number,
+        key: key.clone(),
+        upload_id: upload_id.clone(),
+        parts: vec![],
+        bytes: 0,
+        count: 0,
+    });
+    chain.reserved_number = None;
+    match svc.store.save_chain(chain).await {
+        Ok(()) => Ok(true),
+        Err(crate::ports::job_store::StoreError::Conflict) => {
+            let _ = svc.objects.abort_upload(&key, &upload_id).await;
+            Ok(false)
+        }
+        // The write may have landed: keep the upload (an orphan is aborted by
+        // the bucket's lifecycle rule), never abort one the chain may own.
+        Err(e) => Err(e.into()),
+    }
+}
