@@ -3,13 +3,13 @@
 use crate::api::status::load_visible_job;
 use crate::fhir::outcome::{ApiError, Severity, fhir_json, operation_outcome};
 use crate::model::Caller;
-use crate::ports::services::ExportServices;
+use crate::ports::services::{ReadJobs, ScheduleSteps, Settings, StoreObjects, WriteJobs};
 use bytes::Bytes;
 use http::{Response, StatusCode};
 
 /// Cancels a queued, running or complete job.
 pub async fn cancel(
-    svc: &ExportServices,
+    svc: &(impl ReadJobs + ScheduleSteps + Settings + StoreObjects + WriteJobs),
     caller: &Caller,
     job_id: &str,
 ) -> Result<Response<Bytes>, ApiError> {
@@ -17,7 +17,7 @@ pub async fn cancel(
     let unavailable =
         |e: &dyn std::fmt::Display| ApiError::Unavailable(format!("could not cancel: {e}"));
     if !svc
-        .store
+        .job_writes()
         .cancel_job(&job.id)
         .await
         .map_err(|e| unavailable(&e))?
@@ -29,18 +29,18 @@ pub async fn cancel(
     // Running chains stop at their next step; open uploads are aborted here too
     // so nothing lingers if a chain never runs again.
     let chains = svc
-        .store
+        .jobs()
         .list_chains(&job.id)
         .await
         .map_err(|e| unavailable(&e))?;
     for chain in chains {
         for open in [&chain.open_file, &chain.closing].into_iter().flatten() {
-            if let Err(e) = svc.objects.abort_upload(&open.key, &open.upload_id).await {
+            if let Err(e) = svc.objects().abort_upload(&open.key, &open.upload_id).await {
                 tracing::warn!(job_id = %job.id, error = %e, "could not abort upload on cancel");
             }
         }
     }
-    svc.objects
+    svc.objects()
         .delete_prefix(&format!("{}/", job.folder))
         .await
         .map_err(|e| unavailable(&e))?;

@@ -7,13 +7,13 @@ use crate::api::status::load_visible_job;
 use crate::fhir::outcome::ApiError;
 use crate::model::Caller;
 use crate::model::{JobStatus, file_name};
-use crate::ports::services::ExportServices;
+use crate::ports::services::{ReadJobs, RecordFiles, Settings, StoreObjects};
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 
 /// Redirects the owner of a complete job to one of its files.
 pub async fn download(
-    svc: &ExportServices,
+    svc: &(impl ReadJobs + RecordFiles + Settings + StoreObjects),
     caller: &Caller,
     job_id: &str,
     name: &str,
@@ -24,7 +24,7 @@ pub async fn download(
         return Err(not_found());
     }
     let files = svc
-        .store
+        .files()
         .list_files(&job.id)
         .await
         .map_err(|e| ApiError::Unavailable(format!("job store unavailable: {e}")))?;
@@ -33,8 +33,8 @@ pub async fn download(
         .find(|f| file_name(&f.resource_type, f.number) == name)
         .ok_or_else(not_found)?;
     let url = svc
-        .objects
-        .presign_get(&file.key, svc.config.url_ttl)
+        .objects()
+        .presign_get(&file.key, svc.config().url_ttl)
         .await
         .map_err(|e| ApiError::Unavailable(format!("could not sign the download: {e}")))?;
     let mut resp = Response::new(Bytes::new());

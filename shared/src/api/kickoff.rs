@@ -11,7 +11,9 @@ use crate::fhir::outcome::{ApiError, Severity, fhir_json, operation_outcome, quo
 use crate::fhir::smart_scopes::readable_types;
 use crate::model::Caller;
 use crate::model::ExportLevel;
-use crate::ports::services::ExportServices;
+use crate::ports::services::{
+    ReadJobs, ReadSource, RecordFiles, ScheduleSteps, Settings, StoreObjects, WriteJobs,
+};
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
 
@@ -28,7 +30,9 @@ fn header_str(req: &Request<Bytes>, name: header::HeaderName) -> Result<Option<&
 /// Handles a kick-off request at `level`. `request_url` is the absolute URL
 /// the client called (built from the configured base, never the Host header).
 pub async fn kickoff(
-    svc: &ExportServices,
+    svc: &(
+         impl ReadJobs + ReadSource + RecordFiles + ScheduleSteps + Settings + StoreObjects + WriteJobs
+     ),
     caller: &Caller,
     level: ExportLevel,
     req: &Request<Bytes>,
@@ -63,10 +67,10 @@ pub async fn kickoff(
                 "a POST kick-off takes its parameters from the body, not the query string".into(),
             ));
         }
-        if req.body().len() > svc.config.max_body_bytes {
+        if req.body().len() > svc.config().max_body_bytes {
             return Err(ApiError::PayloadTooLarge(format!(
                 "request body exceeds {} bytes",
-                svc.config.max_body_bytes
+                svc.config().max_body_bytes
             )));
         }
         parameters_pairs(req.body())?
@@ -75,7 +79,7 @@ pub async fn kickoff(
     };
     let mut request = parse_export_request(pairs, &level, is_post, prefs.lenient)?;
 
-    if !request.type_filters.is_empty() && !svc.source.supports_type_filter() {
+    if !request.type_filters.is_empty() && !svc.source().supports_type_filter() {
         return Err(ApiError::NotSupported(
             "_typeFilter is not supported by this server's NDJSON source".into(),
         ));
@@ -102,7 +106,7 @@ pub async fn kickoff(
         "Export accepted; poll the Content-Location URL for status.",
     );
     let mut resp = fhir_json(StatusCode::ACCEPTED, &body);
-    let location = status_url(svc.config.base(), &job.id);
+    let location = status_url(svc.config().base(), &job.id);
     let value = HeaderValue::from_str(&location)
         .map_err(|_| ApiError::Internal("invalid status URL".into()))?;
     resp.headers_mut().insert(header::CONTENT_LOCATION, value);

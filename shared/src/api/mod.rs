@@ -16,7 +16,7 @@ use crate::fhir::ids::is_fhir_id;
 use crate::fhir::outcome::{ApiError, fhir_json, quote};
 use crate::model::Caller;
 use crate::model::ExportLevel;
-use crate::ports::services::ExportServices;
+use crate::ports::services::{CountPolls, Settings, StepServices};
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 
@@ -56,15 +56,19 @@ pub fn route(rel: &str) -> Result<Route, ApiError> {
     }
 }
 
-fn relative_path<'a>(svc: &ExportServices, path: &'a str) -> Option<&'a str> {
-    let base = svc.config.base_path();
+fn relative_path<'a>(svc: &impl Settings, path: &'a str) -> Option<&'a str> {
+    let base = svc.config().base_path();
     let rest = path.strip_prefix(base)?;
     (rest.is_empty() || rest.starts_with('/')).then_some(rest)
 }
 
 /// Handles one API request. Never panics on any input; every error is an
 /// OperationOutcome.
-pub async fn handle(svc: &ExportServices, caller: &Caller, req: Request<Bytes>) -> Response<Bytes> {
+pub async fn handle(
+    svc: &(impl StepServices + CountPolls),
+    caller: &Caller,
+    req: Request<Bytes>,
+) -> Response<Bytes> {
     match dispatch(svc, caller, &req).await {
         Ok(resp) => resp,
         Err(e) => {
@@ -79,15 +83,15 @@ pub async fn handle(svc: &ExportServices, caller: &Caller, req: Request<Bytes>) 
 }
 
 async fn dispatch(
-    svc: &ExportServices,
+    svc: &(impl StepServices + CountPolls),
     caller: &Caller,
     req: &Request<Bytes>,
 ) -> Result<Response<Bytes>, ApiError> {
     let raw_len = req.uri().path().len() + req.uri().query().map_or(0, |q| q.len() + 1);
-    if raw_len > svc.config.max_url_bytes {
+    if raw_len > svc.config().max_url_bytes {
         return Err(ApiError::UriTooLong(format!(
             "request URL exceeds {} bytes",
-            svc.config.max_url_bytes
+            svc.config().max_url_bytes
         )));
     }
     let decoded = percent_encoding::percent_decode_str(req.uri().path())
@@ -109,14 +113,14 @@ async fn dispatch(
             }
             Ok(fhir_json(
                 StatusCode::OK,
-                &capability_statement(svc.config.base()),
+                &capability_statement(svc.config().base()),
             ))
         }
         Route::Kickoff(level) => {
             if method != Method::GET && method != Method::POST {
                 return Err(ApiError::MethodNotAllowed { allow: "GET, POST" });
             }
-            let mut url = format!("{}{}", svc.config.base(), rel);
+            let mut url = format!("{}{}", svc.config().base(), rel);
             if method == Method::GET
                 && let Some(q) = req.uri().query()
             {

@@ -5,7 +5,7 @@ use crate::export::manifest::build_manifest;
 use crate::fhir::outcome::{ApiError, Severity, fhir_json, json_response, operation_outcome};
 use crate::model::Caller;
 use crate::model::{ChainState, Job, JobStatus};
-use crate::ports::services::ExportServices;
+use crate::ports::services::{CountPolls, LifecycleServices, ReadJobs};
 use crate::worker::lifecycle::maybe_complete_job;
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
@@ -24,7 +24,7 @@ pub fn is_job_id(id: &str) -> bool {
 
 /// Loads a job the caller may see; anything else is the same 404.
 pub async fn load_visible_job(
-    svc: &ExportServices,
+    svc: &impl ReadJobs,
     caller: &Caller,
     job_id: &str,
 ) -> Result<Job, ApiError> {
@@ -35,7 +35,7 @@ pub async fn load_visible_job(
         return Err(not_found());
     }
     let job = svc
-        .store
+        .jobs()
         .get_job(job_id)
         .await
         .map_err(|e| ApiError::Unavailable(format!("job store unavailable: {e}")))?
@@ -50,9 +50,9 @@ pub async fn load_visible_job(
 /// Progress as (percent, exported resources, finished chains, chains). A
 /// chain counts fully when finished, by exported/expected while running with
 /// a known total, and as nothing before its total is known.
-async fn progress(svc: &ExportServices, job: &Job) -> Result<(u64, u64, usize, usize), ApiError> {
+async fn progress(svc: &impl ReadJobs, job: &Job) -> Result<(u64, u64, usize, usize), ApiError> {
     let chains = svc
-        .store
+        .jobs()
         .list_chains(&job.id)
         .await
         .map_err(|e| ApiError::Unavailable(format!("job store unavailable: {e}")))?;
@@ -76,7 +76,7 @@ async fn progress(svc: &ExportServices, job: &Job) -> Result<(u64, u64, usize, u
 
 /// Answers a status poll.
 pub async fn status(
-    svc: &ExportServices,
+    svc: &(impl LifecycleServices + CountPolls),
     caller: &Caller,
     job_id: &str,
 ) -> Result<Response<Bytes>, ApiError> {
@@ -91,10 +91,10 @@ pub async fn status(
     match job.status {
         JobStatus::Queued | JobStatus::Running => {
             // Sustained polling faster than Retry-After gets 429; the job is unaffected.
-            let window = svc.config.retry_after_secs.max(1) as i64;
+            let window = svc.config().retry_after_secs.max(1) as i64;
             let now = time::OffsetDateTime::now_utc().unix_timestamp();
             let polls = svc
-                .store
+                .polls()
                 .record_poll(&job.id, now, window)
                 .await
                 .map_err(|e| ApiError::Unavailable(format!("job store unavailable: {e}")))?;
@@ -103,7 +103,7 @@ pub async fn status(
                     message: format!(
                         "polled {polls} times in {window} s; wait Retry-After seconds between polls"
                     ),
-                    retry_after: svc.config.retry_after_secs,
+                    retry_after: svc.config().retry_after_secs,
                 });
             }
             let (pct, exported, done, total) = progress(svc, &job).await?;
@@ -120,7 +120,7 @@ pub async fn status(
             let h = resp.headers_mut();
             h.insert(
                 header::RETRY_AFTER,
-                HeaderValue::from(svc.config.retry_after_secs),
+                HeaderValue::from(svc.config().retry_after_secs),
             );
             let progress: String = text.chars().take(99).collect();
             if let Ok(v) = HeaderValue::from_str(&progress) {
@@ -133,7 +133,7 @@ pub async fn status(
                 .await
                 .map_err(|e| ApiError::Unavailable(format!("could not build the manifest: {e}")))?;
             let mut resp = json_response(StatusCode::OK, &manifest, "application/json");
-            let expires = httpdate::fmt_http_date(SystemTime::now() + svc.config.url_ttl);
+            let expires = httpdate::fmt_http_date(SystemTime::now() + svc.config().url_ttl);
             if let Ok(v) = HeaderValue::from_str(&expires) {
                 resp.headers_mut().insert(header::EXPIRES, v);
             }

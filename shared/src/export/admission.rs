@@ -5,7 +5,7 @@
 use crate::fhir::outcome::ApiError;
 use crate::model::{Job, JobStatus};
 use crate::ports::job_store::StoreError;
-use crate::ports::services::ExportServices;
+use crate::ports::services::{ReadJobs, Settings};
 
 /// Whether a new job may start now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,8 +21,8 @@ fn unavailable(e: StoreError) -> ApiError {
 }
 
 /// Decides whether `owner`'s new export runs now, waits, or is refused.
-pub async fn admit(svc: &ExportServices, owner: &str) -> Result<Admission, ApiError> {
-    let active = svc.store.active_jobs().await.map_err(unavailable)?;
+pub async fn admit(svc: &(impl ReadJobs + Settings), owner: &str) -> Result<Admission, ApiError> {
+    let active = svc.jobs().active_jobs().await.map_err(unavailable)?;
     let queued = active
         .iter()
         .filter(|j| j.status == JobStatus::Queued)
@@ -32,7 +32,7 @@ pub async fn admit(svc: &ExportServices, owner: &str) -> Result<Admission, ApiEr
         .filter(|j| j.status == JobStatus::Running)
         .collect();
     let mine = running.iter().filter(|j| j.owner == owner).count();
-    let cfg = &svc.config;
+    let cfg = &svc.config();
     if running.len() < cfg.max_running_jobs && mine < cfg.max_running_per_client && queued == 0 {
         return Ok(Admission::Run);
     }
@@ -49,8 +49,8 @@ pub async fn admit(svc: &ExportServices, owner: &str) -> Result<Admission, ApiEr
 }
 
 /// The 1-based position of a queued job, by kick-off order.
-pub async fn queue_position(svc: &ExportServices, job: &Job) -> Result<usize, StoreError> {
-    let active = svc.store.active_jobs().await?;
+pub async fn queue_position(svc: &impl ReadJobs, job: &Job) -> Result<usize, StoreError> {
+    let active = svc.jobs().active_jobs().await?;
     let ahead = active
         .iter()
         .filter(|j| {

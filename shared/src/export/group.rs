@@ -6,7 +6,7 @@ use crate::fhir::ids::is_fhir_id;
 use crate::fhir::outcome::{ApiError, quote};
 use crate::model::ExportLevel;
 use crate::model::PatientScope;
-use crate::ports::services::ExportServices;
+use crate::ports::services::ReadSource;
 use serde_json::Value;
 use time::OffsetDateTime;
 
@@ -36,7 +36,7 @@ fn member_is_current(member: &Value, now: OffsetDateTime) -> bool {
 
 /// Resolves a Group's current member patients (sorted, deduplicated).
 pub async fn group_members(
-    svc: &ExportServices,
+    svc: &impl ReadSource,
     group_id: &str,
     now: OffsetDateTime,
 ) -> Result<Vec<String>, ApiError> {
@@ -45,7 +45,7 @@ pub async fn group_members(
     let mut pending = vec![(group_id.to_string(), 0usize)];
     while let Some((id, depth)) = pending.pop() {
         let Some(raw) = svc
-            .source
+            .source()
             .read_resource("Group", &id)
             .await
             .map_err(source_error)?
@@ -96,7 +96,7 @@ pub async fn group_members(
 
 /// The patient scope of an export at `level`, restricted by `patient`.
 pub async fn resolve_scope(
-    svc: &ExportServices,
+    svc: &impl ReadSource,
     level: &ExportLevel,
     patients: &[String],
     now: OffsetDateTime,
@@ -111,7 +111,7 @@ pub async fn resolve_scope(
             if !requested.is_empty() {
                 for id in &requested {
                     if svc
-                        .source
+                        .source()
                         .read_resource("Patient", id)
                         .await
                         .map_err(source_error)?
@@ -128,8 +128,8 @@ pub async fn resolve_scope(
                 ids.dedup();
                 return Ok(PatientScope::Members(ids));
             }
-            if svc.source.queries_by_patient_batch() {
-                let mut ids = svc.source.patient_ids().await.map_err(source_error)?;
+            if svc.source().queries_by_patient_batch() {
+                let mut ids = svc.source().patient_ids().await.map_err(source_error)?;
                 if ids.len() > MAX_MEMBERS {
                     return Err(ApiError::NotSupported(format!(
                         "Patient-level exports of more than {MAX_MEMBERS} patients are not supported; use a Group"

@@ -3,13 +3,16 @@
 
 use crate::model::{FileKind, FileRecord, Job};
 use crate::ports::object_store::ObjectError;
-use crate::ports::services::ExportServices;
+use crate::ports::services::{RecordFiles, Settings, StoreObjects};
 use serde_json::{Value, json};
 
 /// Builds the manifest of a complete job.
-pub async fn build_manifest(svc: &ExportServices, job: &Job) -> Result<Value, ObjectError> {
+pub async fn build_manifest(
+    svc: &(impl RecordFiles + Settings + StoreObjects),
+    job: &Job,
+) -> Result<Value, ObjectError> {
     let mut files: Vec<FileRecord> = svc
-        .store
+        .files()
         .list_files(&job.id)
         .await
         .map_err(|e| ObjectError::Backend(e.to_string()))?;
@@ -18,10 +21,12 @@ pub async fn build_manifest(svc: &ExportServices, job: &Job) -> Result<Value, Ob
     let mut output = Vec::new();
     let mut error = Vec::new();
     for f in &files {
-        let url = if svc.config.requires_access_token {
-            file_url(svc.config.base(), &job.id, f)
+        let url = if svc.config().requires_access_token {
+            file_url(svc.config().base(), &job.id, f)
         } else {
-            svc.objects.presign_get(&f.key, svc.config.url_ttl).await?
+            svc.objects()
+                .presign_get(&f.key, svc.config().url_ttl)
+                .await?
         };
         let item = json!({ "type": f.resource_type, "url": url, "count": f.count });
         match f.kind {
@@ -32,7 +37,7 @@ pub async fn build_manifest(svc: &ExportServices, job: &Job) -> Result<Value, Ob
     Ok(json!({
         "transactionTime": job.transaction_time,
         "request": job.request_url,
-        "requiresAccessToken": svc.config.requires_access_token,
+        "requiresAccessToken": svc.config().requires_access_token,
         "output": output,
         "error": error,
     }))

@@ -7,7 +7,10 @@ use crate::export::request::parse_export_request;
 use crate::export::start::{start_export, status_url};
 use crate::fhir::outcome::{ApiError, quote};
 use crate::model::ExportLevel;
-use crate::ports::services::ExportServices;
+use crate::ports::services::{
+    LogSchedules, ReadJobs, ReadSource, RecordFiles, ScheduleSteps, Settings, StoreObjects,
+    WriteJobs,
+};
 use serde::{Deserialize, Serialize};
 
 /// The `scheduledExport` object of a scheduler event.
@@ -59,7 +62,16 @@ fn valid_schedule_name(name: &str) -> bool {
 
 /// Starts the export a scheduler event describes.
 pub async fn run_scheduled_export(
-    svc: &ExportServices,
+    svc: &(
+         impl LogSchedules
+         + ReadJobs
+         + ReadSource
+         + RecordFiles
+         + ScheduleSteps
+         + Settings
+         + StoreObjects
+         + WriteJobs
+     ),
     ev: &ScheduledExport,
 ) -> Result<ScheduledRun, ApiError> {
     if !valid_schedule_name(&ev.name) {
@@ -85,7 +97,7 @@ pub async fn run_scheduled_export(
     };
     let since = match ev.since.as_deref() {
         Some("last-success") => svc
-            .store
+            .schedules()
             .last_schedule_success(&ev.name)
             .await
             .map_err(|e| ApiError::Unavailable(format!("job store unavailable: {e}")))?,
@@ -116,7 +128,7 @@ pub async fn run_scheduled_export(
             )
         })
         .collect();
-    let mut url = format!("{}/$export", svc.config.base());
+    let mut url = format!("{}/$export", svc.config().base());
     if !query.is_empty() {
         url = format!("{url}?{}", query.join("&"));
     }
@@ -132,7 +144,7 @@ pub async fn run_scheduled_export(
     )
     .await?;
     Ok(ScheduledRun {
-        status_url: status_url(svc.config.base(), &job.id),
+        status_url: status_url(svc.config().base(), &job.id),
         job_id: job.id,
         since,
         transaction_time: job.transaction_time,

@@ -10,7 +10,9 @@ use crate::model::PatientScope;
 use crate::model::new_chain;
 use crate::model::{ChainState, Job, JobStatus};
 use crate::model::{ExportLevel, ExportRequest};
-use crate::ports::services::ExportServices;
+use crate::ports::services::{
+    ReadJobs, ReadSource, RecordFiles, ScheduleSteps, Settings, StoreObjects, WriteJobs,
+};
 use crate::worker::lifecycle::write_error_file;
 use crate::worker::referenced::{REFERENCED_TYPES, is_referenced_type};
 use rand::RngCore;
@@ -30,7 +32,7 @@ pub fn status_url(base: &str, job_id: &str) -> String {
 /// One chain per type; for sources queried by patient, one per type and batch
 /// of member patients, so no query names more than `patient_batch_size` of them.
 fn plan_chains(
-    svc: &ExportServices,
+    svc: &(impl ReadSource + Settings),
     job_id: &str,
     types: &[String],
     scope: &PatientScope,
@@ -38,8 +40,11 @@ fn plan_chains(
     let mut chains = Vec::new();
     for t in types {
         match scope {
-            PatientScope::Members(ids) if svc.source.queries_by_patient_batch() => {
-                for (n, batch) in ids.chunks(svc.config.patient_batch_size.max(1)).enumerate() {
+            PatientScope::Members(ids) if svc.source().queries_by_patient_batch() => {
+                for (n, batch) in ids
+                    .chunks(svc.config().patient_batch_size.max(1))
+                    .enumerate()
+                {
                     let mut chain = new_chain(job_id, &format!("{t}.{n}"), t);
                     chain.batch = Some(batch.to_vec());
                     chains.push(chain);
@@ -174,7 +179,9 @@ pub fn apply_scopes(
 /// Creates a validated export job with one chain per type and starts its
 /// chains. Shared by HTTP kick-off and scheduled exports.
 pub async fn start_export(
-    svc: &ExportServices,
+    svc: &(
+         impl ReadJobs + ReadSource + RecordFiles + ScheduleSteps + Settings + StoreObjects + WriteJobs
+     ),
     owner: &str,
     level: ExportLevel,
     request: crate::model::ExportRequest,
@@ -183,7 +190,7 @@ pub async fn start_export(
     scope: PatientScope,
 ) -> Result<Job, ApiError> {
     let mut types = if request.types.is_empty() {
-        svc.source.resource_types().await.map_err(|e| {
+        svc.source().resource_types().await.map_err(|e| {
             ApiError::Unavailable(format!("could not list the source's resource types: {e}"))
         })?
     } else {
@@ -243,7 +250,7 @@ pub async fn start_export(
         level,
         request,
         folder,
-        expires_at: now.unix_timestamp() + svc.config.retention.as_secs() as i64,
+        expires_at: now.unix_timestamp() + svc.config().retention.as_secs() as i64,
         failure: None,
         scope,
         schedule,
@@ -264,7 +271,7 @@ pub async fn start_export(
             ApiError::Unavailable(format!("could not record ignored parameters: {e}"))
         })?;
     }
-    svc.store
+    svc.job_writes()
         .create_job(&job, &chains)
         .await
         .map_err(|e| ApiError::Unavailable(format!("could not store the job: {e}")))?;
@@ -274,7 +281,7 @@ pub async fn start_export(
         .filter(|c| job.status == JobStatus::Running && c.state == ChainState::Running)
     {
         let ev = chain.event();
-        if let Err(e) = svc.continuation.schedule(ev).await {
+        if let Err(e) = svc.continuation().schedule(ev).await {
             // The watchdog restarts chains that never made progress.
             tracing::error!(job_id = %job.id, chain = %chain.chain_id, error = %e, "could not start chain");
         }

@@ -4,7 +4,7 @@
 
 use crate::model::{Chain, FileKind, FileRecord, Job, OpenFile};
 use crate::ports::object_store::ObjectError;
-use crate::ports::services::ExportServices;
+use crate::ports::services::{RecordFiles, StoreObjects};
 use crate::worker::outcome::StepError;
 use std::time::Duration;
 use tokio::task::JoinHandle;
@@ -12,14 +12,14 @@ use tokio::task::JoinHandle;
 /// Waits briefly for an object a concurrent completion is writing; true once
 /// it exists (with `size`, when given).
 pub(crate) async fn object_appears(
-    svc: &ExportServices,
+    svc: &impl StoreObjects,
     key: &str,
     size: Option<u64>,
 ) -> Result<bool, StepError> {
     // A store that writes the object in place (s3s-fs) shows it growing
     // while a completion runs: wait for the whole size, not just the key.
     for attempt in 0..6u64 {
-        if let Some(found) = svc.objects.object_size(key).await?
+        if let Some(found) = svc.objects().object_size(key).await?
             && size.is_none_or(|s| s == found)
         {
             return Ok(true);
@@ -35,7 +35,7 @@ pub(crate) struct Closing(JoinHandle<Result<(), StepError>>);
 impl Closing {
     /// Starts completing `file` (already moved to `chain.closing`).
     pub(crate) fn start(
-        svc: &ExportServices,
+        svc: &(impl RecordFiles + StoreObjects + Clone + Send + Sync + 'static),
         job: &Job,
         resource_type: &str,
         file: OpenFile,
@@ -64,13 +64,13 @@ impl Closing {
 
 /// Completes a file (idempotently) and records it.
 pub(crate) async fn complete_file(
-    svc: &ExportServices,
+    svc: &(impl RecordFiles + StoreObjects),
     job: &Job,
     resource_type: &str,
     open: &OpenFile,
 ) -> Result<(), StepError> {
     if let Err(e) = svc
-        .objects
+        .objects()
         .complete_upload(&open.key, &open.upload_id, &open.parts)
         .await
     {
@@ -92,6 +92,6 @@ pub(crate) async fn complete_file(
         kind: FileKind::Output,
         expires_at: job.expires_at,
     };
-    svc.store.put_file(&job.id, &record).await?;
+    svc.files().put_file(&job.id, &record).await?;
     Ok(())
 }

@@ -7,14 +7,17 @@ use crate::fhir::outcome::{Severity, operation_outcome};
 use crate::model::{Chain, ChainState, FileKind, FileRecord, Job, JobStatus, file_name};
 use crate::ports::job_store::StoreError;
 use crate::ports::object_store::ObjectError;
-use crate::ports::services::ExportServices;
+use crate::ports::services::{
+    LifecycleServices, LogSchedules, ReadJobs, RecordFiles, ScheduleSteps, Settings, StoreObjects,
+    WriteChains, WriteJobs,
+};
 use crate::worker::file_closing::complete_file;
 use crate::worker::outcome::{StepError, StepOutcome, won};
 use bytes::Bytes;
 
 /// Writes one OperationOutcome line into a new error file of the job.
 pub async fn write_error_file(
-    svc: &ExportServices,
+    svc: &(impl RecordFiles + StoreObjects),
     job: &Job,
     messages: &[String],
 ) -> Result<(), StepError> {
@@ -28,12 +31,12 @@ pub async fn write_error_file(
         body.push(b'\n');
     }
     let number = svc
-        .store
+        .files()
         .next_file_number(&job.id, "OperationOutcome", job.expires_at)
         .await?;
     let key = format!("{}/{}", job.folder, file_name("OperationOutcome", number));
     let bytes = body.len() as u64;
-    svc.objects.put_object(&key, Bytes::from(body)).await?;
+    svc.objects().put_object(&key, Bytes::from(body)).await?;
     let record = FileRecord {
         resource_type: "OperationOutcome".into(),
         number,
@@ -43,14 +46,14 @@ pub async fn write_error_file(
         kind: FileKind::Error,
         expires_at: job.expires_at,
     };
-    svc.store.put_file(&job.id, &record).await?;
+    svc.files().put_file(&job.id, &record).await?;
     Ok(())
 }
 
 /// Ends a chain whose source failed permanently (or that stalled too often): what it exported so far is
 /// kept, and an OperationOutcome explains the rest.
 pub async fn fail_chain(
-    svc: &ExportServices,
+    svc: &impl LifecycleServices,
     job: &Job,
     mut chain: Chain,
     err: &(dyn std::fmt::Display + Sync),
@@ -61,7 +64,9 @@ pub async fn fail_chain(
     }
     if let Some(open) = chain.open_file.take() {
         if open.parts.is_empty() {
-            svc.objects.abort_upload(&open.key, &open.upload_id).await?;
+            svc.objects()
+                .abort_upload(&open.key, &open.upload_id)
+                .await?;
         } else {
             complete_file(svc, job, &chain.resource_type, &open).await?;
         }
@@ -73,7 +78,7 @@ pub async fn fail_chain(
     write_error_file(svc, job, &[message]).await?;
     chain.state = ChainState::Failed;
     chain.heartbeat = unix_now();
-    if !won(svc.store.finish_chain(&mut chain).await)? {
+    if !won(svc.chains().finish_chain(&mut chain).await)? {
         return Ok(StepOutcome::Stale);
     }
     maybe_complete_job(svc, &job.id).await?;
@@ -81,7 +86,9 @@ pub async fn fail_chain(
 }
 
 pub(crate) async fn cancel_chain(
-    svc: &ExportServices,
+    svc: &(
+         impl LogSchedules + ReadJobs + ScheduleSteps + Settings + StoreObjects + WriteChains + WriteJobs
+     ),
     job: &Job,
     mut chain: Chain,
 ) -> Result<StepOutcome, StepError> {
@@ -89,10 +96,12 @@ pub(crate) async fn cancel_chain(
         .into_iter()
         .flatten()
     {
-        svc.objects.abort_upload(&open.key, &open.upload_id).await?;
+        svc.objects()
+            .abort_upload(&open.key, &open.upload_id)
+            .await?;
     }
     chain.state = ChainState::Cancelled;
-    if !won(svc.store.finish_chain(&mut chain).await)? {
+    if !won(svc.chains().finish_chain(&mut chain).await)? {
         return Ok(StepOutcome::Stale);
     }
     maybe_complete_job(svc, &job.id).await?;
@@ -101,9 +110,14 @@ pub(crate) async fn cancel_chain(
 
 /// Marks a job complete once its last chain has finished (or cleans up a
 /// cancelled one). Safe to call any number of times.
-pub async fn maybe_complete_job(svc: &ExportServices, job_id: &str) -> Result<(), StepError> {
+pub async fn maybe_complete_job(
+    svc: &(
+         impl LogSchedules + ReadJobs + ScheduleSteps + Settings + StoreObjects + WriteChains + WriteJobs
+     ),
+    job_id: &str,
+) -> Result<(), StepError> {
     for _ in 0..5 {
-        let Some(job) = svc.store.get_job(job_id).await? else {
+        let Some(job) = svc.jobs().get_job(job_id).await? else {
             return Ok(());
         };
         if job.chains_remaining > 0 {
@@ -117,19 +131,19 @@ pub async fn maybe_complete_job(svc: &ExportServices, job_id: &str) -> Result<()
         match job.status {
             JobStatus::Queued | JobStatus::Running => {
                 match svc
-                    .store
+                    .job_writes()
                     .set_job_status(&job, JobStatus::Complete, None)
                     .await
                 {
                     Ok(()) => {
                         if let Some(schedule) = &job.schedule {
-                            svc.store
+                            svc.schedules()
                                 .record_schedule_success(schedule, &job.transaction_time)
                                 .await?;
                         }
                         if !job.referenced_types.is_empty()
                             && let Err(e) = svc
-                                .objects
+                                .objects()
                                 .delete_prefix(&crate::worker::referenced::working_prefix(&job))
                                 .await
                         {
@@ -145,7 +159,7 @@ pub async fn maybe_complete_job(svc: &ExportServices, job_id: &str) -> Result<()
                 }
             }
             JobStatus::Cancelled => {
-                svc.objects
+                svc.objects()
                     .delete_prefix(&format!("{}/", job.folder))
                     .await?;
                 crate::worker::lifecycle::promote_queued(svc).await?;
@@ -160,8 +174,11 @@ pub async fn maybe_complete_job(svc: &ExportServices, job_id: &str) -> Result<()
 /// Starts the waiting (referenced-resources) chains once every other chain
 /// of the job has finished. Concurrent callers race on each chain's version:
 /// one of them starts it.
-async fn start_waiting_chains(svc: &ExportServices, job: &Job) -> Result<(), StepError> {
-    let chains = svc.store.list_chains(&job.id).await?;
+async fn start_waiting_chains(
+    svc: &(impl ReadJobs + ScheduleSteps + WriteChains),
+    job: &Job,
+) -> Result<(), StepError> {
+    let chains = svc.jobs().list_chains(&job.id).await?;
     if chains
         .iter()
         .any(|c| !c.referenced && !c.state.is_finished())
@@ -174,21 +191,23 @@ async fn start_waiting_chains(svc: &ExportServices, job: &Job) -> Result<(), Ste
     {
         chain.state = ChainState::Running;
         chain.heartbeat = unix_now();
-        match svc.store.save_chain(&mut chain).await {
+        match svc.chains().save_chain(&mut chain).await {
             Ok(()) => {}
             Err(StoreError::Conflict) => continue,
             Err(e) => return Err(e.into()),
         }
         tracing::info!(job_id = %job.id, chain = %chain.chain_id, "referenced-resources chain started");
-        svc.continuation.schedule(chain.event()).await?;
+        svc.continuation().schedule(chain.event()).await?;
     }
     Ok(())
 }
 
 /// Starts queued jobs while slots are free, oldest first. Safe to call from
 /// anywhere at any time: each start is a conditional status change.
-pub async fn promote_queued(svc: &ExportServices) -> Result<usize, StoreError> {
-    let active = svc.store.active_jobs().await?;
+pub async fn promote_queued(
+    svc: &(impl ReadJobs + ScheduleSteps + Settings + WriteJobs),
+) -> Result<usize, StoreError> {
+    let active = svc.jobs().active_jobs().await?;
     let mut running: Vec<String> = active
         .iter()
         .filter(|j| j.status == JobStatus::Running)
@@ -201,15 +220,16 @@ pub async fn promote_queued(svc: &ExportServices) -> Result<usize, StoreError> {
     queued.sort_by(|a, b| (&a.transaction_time, &a.id).cmp(&(&b.transaction_time, &b.id)));
     let mut started = 0;
     for job in queued {
-        if running.len() >= svc.config.max_running_jobs {
+        if running.len() >= svc.config().max_running_jobs {
             break;
         }
-        if running.iter().filter(|o| **o == job.owner).count() >= svc.config.max_running_per_client
+        if running.iter().filter(|o| **o == job.owner).count()
+            >= svc.config().max_running_per_client
         {
             continue;
         }
         match svc
-            .store
+            .job_writes()
             .set_job_status(job, JobStatus::Running, None)
             .await
         {
@@ -217,12 +237,12 @@ pub async fn promote_queued(svc: &ExportServices) -> Result<usize, StoreError> {
             Err(StoreError::Conflict) => continue,
             Err(e) => return Err(e),
         }
-        for chain in svc.store.list_chains(&job.id).await? {
+        for chain in svc.jobs().list_chains(&job.id).await? {
             if chain.state != crate::model::ChainState::Running {
                 continue;
             }
             let ev = chain.event();
-            if let Err(e) = svc.continuation.schedule(ev).await {
+            if let Err(e) = svc.continuation().schedule(ev).await {
                 tracing::error!(job_id = %job.id, error = %e, "could not start a queued chain; the watchdog will");
             }
         }

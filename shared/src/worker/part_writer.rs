@@ -8,7 +8,7 @@ use crate::fhir::instant::unix_now;
 use crate::model::config::MIN_PART_SIZE;
 use crate::model::{Chain, ChainState, Job, OpenFile, file_name};
 use crate::ports::object_store::ObjectError;
-use crate::ports::services::ExportServices;
+use crate::ports::services::{LifecycleServices, RecordFiles, StoreObjects, WriteChains};
 use crate::worker::file_closing::{complete_file, object_appears};
 use crate::worker::lifecycle::maybe_complete_job;
 use crate::worker::outcome::{StepError, StepOutcome, won};
@@ -49,7 +49,7 @@ impl PendingPart {
     /// Starts uploading `data` as the next part of `open` (the chain's open
     /// file; a part with bytes needs one).
     pub(crate) fn start(
-        svc: &ExportServices,
+        svc: &(impl RecordFiles + StoreObjects + Clone + Send + Sync + 'static),
         open: Option<&OpenFile>,
         data: PartData,
     ) -> Result<Self, StepError> {
@@ -60,7 +60,7 @@ impl PendingPart {
             let open = open.ok_or_else(|| {
                 ObjectError::Backend("a part has bytes but its chain has no open file".into())
             })?;
-            let objects = svc.objects.clone();
+            let objects = svc.objects().clone();
             let (key, upload_id) = (open.key.clone(), open.upload_id.clone());
             // Part numbers follow from the committed parts, so a retried step
             // overwrites the same part.
@@ -117,7 +117,7 @@ impl Drop for PendingPart {
 /// ends it, and the chain finished if the source is exhausted. `Some` ends
 /// the step with that outcome.
 pub(crate) async fn commit(
-    svc: &ExportServices,
+    svc: &impl LifecycleServices,
     job: &Job,
     chain: &mut Chain,
     mut part: PendingPart,
@@ -138,7 +138,7 @@ pub(crate) async fn commit(
                 // very step completes this upload: if the chain moved on,
                 // this delivery is stale; if the object holds exactly the
                 // committed bytes plus this part, the file is done.
-                let now = svc.store.get_chain(&job.id, &chain.chain_id).await?;
+                let now = svc.jobs().get_chain(&job.id, &chain.chain_id).await?;
                 if now.is_some_and(|c| c.version != chain.version) {
                     return Ok(Some(StepOutcome::Stale));
                 }
@@ -181,13 +181,13 @@ pub(crate) async fn commit(
     }
     if part.exhausted {
         chain.state = ChainState::Done;
-        if !won(svc.store.finish_chain(chain).await)? {
+        if !won(svc.chains().finish_chain(chain).await)? {
             return Ok(Some(StepOutcome::Stale));
         }
         maybe_complete_job(svc, &job.id).await?;
         return Ok(Some(StepOutcome::Finished));
     }
-    if !won(svc.store.save_chain(chain).await)? {
+    if !won(svc.chains().save_chain(chain).await)? {
         return Ok(Some(StepOutcome::Stale));
     }
     Ok(None)
@@ -196,7 +196,7 @@ pub(crate) async fn commit(
 /// Reserves a file number and opens its multipart upload, committing each
 /// so a retried step reuses them. Returns false if another writer won.
 pub(crate) async fn open_new_file(
-    svc: &ExportServices,
+    svc: &(impl RecordFiles + StoreObjects + WriteChains),
     job: &Job,
     chain: &mut Chain,
 ) -> Result<bool, StepError> {
@@ -204,18 +204,18 @@ pub(crate) async fn open_new_file(
         Some(n) => n,
         None => {
             let n = svc
-                .store
+                .files()
                 .next_file_number(&job.id, &chain.resource_type, job.expires_at)
                 .await?;
             chain.reserved_number = Some(n);
-            if !won(svc.store.save_chain(chain).await)? {
+            if !won(svc.chains().save_chain(chain).await)? {
                 return Ok(false);
             }
             n
         }
     };
     let key = format!("{}/{}", job.folder, file_name(&chain.resource_type, number));
-    let upload_id = svc.objects.create_upload(&key).await?;
+    let upload_id = svc.objects().create_upload(&key).await?;
     chain.open_file = Some(OpenFile {
         start_cursor: chain.cursor.clone(),
         start_skip: chain.skip,
@@ -227,10 +227,10 @@ pub(crate) async fn open_new_file(
         count: 0,
     });
     chain.reserved_number = None;
-    match svc.store.save_chain(chain).await {
+    match svc.chains().save_chain(chain).await {
         Ok(()) => Ok(true),
         Err(crate::ports::job_store::StoreError::Conflict) => {
-            let _ = svc.objects.abort_upload(&key, &upload_id).await;
+            let _ = svc.objects().abort_upload(&key, &upload_id).await;
             Ok(false)
         }
         // The write may have landed: keep the upload (an orphan is aborted by

@@ -12,7 +12,7 @@ use crate::fhir::instant::format_instant;
 use crate::fhir::instant::unix_now;
 use crate::model::new_chain;
 use crate::model::{Chain, Job, Partition};
-use crate::ports::services::ExportServices;
+use crate::ports::services::{ReadSource, ScheduleSteps, Settings, WriteChains};
 use crate::ports::source::{PageRequest, SourceError};
 use crate::worker::outcome::{StepError, StepOutcome, won};
 use std::future::Future;
@@ -129,13 +129,13 @@ where
 /// keeps the first, sibling chains take the rest, in one transaction (a
 /// retried split finds the siblings and loses its version check).
 pub async fn split_chain(
-    svc: &ExportServices,
+    svc: &(impl ReadSource + ScheduleSteps + Settings + WriteChains),
     job: &Job,
     mut chain: Chain,
     (since, until): (Option<OffsetDateTime>, OffsetDateTime),
     total: u64,
 ) -> Result<StepOutcome, StepError> {
-    let cfg = &svc.config;
+    let cfg = &svc.config();
     let ty = chain.resource_type.clone();
     let scope = job.scope.clone();
     let count = |after: Option<OffsetDateTime>, upto: OffsetDateTime| {
@@ -153,7 +153,7 @@ pub async fn split_chain(
                 batch: None,
                 read_ahead_below: 0,
             };
-            svc.source.estimate(&req).await?.ok_or_else(|| {
+            svc.source().estimate(&req).await?.ok_or_else(|| {
                 SourceError::Permanent("the source gave no count for a partition probe".into())
             })
         }
@@ -205,7 +205,7 @@ pub async fn split_chain(
     chain.step += 1;
     chain.heartbeat = unix_now();
     if !won(svc
-        .store
+        .chains()
         .split_chain(&mut chain, &siblings, job.expires_at)
         .await)?
     {
@@ -213,7 +213,7 @@ pub async fn split_chain(
     }
     tracing::info!(job_id = %job.id, chain = %chain.chain_id, partitions = siblings.len() + 1, "type split into partitions");
     for c in siblings.iter().chain(std::iter::once(&chain)) {
-        svc.continuation.schedule(c.event()).await?;
+        svc.continuation().schedule(c.event()).await?;
     }
     Ok(StepOutcome::Continued)
 }

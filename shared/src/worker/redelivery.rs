@@ -6,7 +6,7 @@
 
 use crate::model::{ChainState, StepEvent};
 use crate::ports::failed_steps::{FailedStepInbox, InboxError};
-use crate::ports::services::ExportServices;
+use crate::ports::services::{ReadJobs, ScheduleSteps};
 use crate::worker::outcome::StepError;
 
 /// Most receive calls one drain makes (10 records each).
@@ -46,20 +46,23 @@ pub fn step_of_record(body: &str) -> Option<StepEvent> {
 }
 
 /// Schedules `ev` again if its chain is still waiting for exactly that step.
-pub async fn redeliver(svc: &ExportServices, ev: &StepEvent) -> Result<bool, StepError> {
-    let Some(chain) = svc.store.get_chain(&ev.job_id, &ev.chain_id).await? else {
+pub async fn redeliver(
+    svc: &(impl ReadJobs + ScheduleSteps),
+    ev: &StepEvent,
+) -> Result<bool, StepError> {
+    let Some(chain) = svc.jobs().get_chain(&ev.job_id, &ev.chain_id).await? else {
         return Ok(false);
     };
     if chain.state != ChainState::Running || chain.step != ev.step {
         return Ok(false);
     }
-    svc.continuation.schedule(ev.clone()).await?;
+    svc.continuation().schedule(ev.clone()).await?;
     Ok(true)
 }
 
 /// Handles one record body, counting it in `report`.
 pub async fn handle_record(
-    svc: &ExportServices,
+    svc: &(impl ReadJobs + ScheduleSteps),
     body: &str,
     report: &mut DrainReport,
 ) -> Result<(), StepError> {
@@ -81,7 +84,7 @@ pub async fn handle_record(
 /// Delivers every failed step again (or drops its record if the chain has
 /// moved on), deleting each record once handled.
 pub async fn drain(
-    svc: &ExportServices,
+    svc: &(impl ReadJobs + ScheduleSteps),
     inbox: &dyn FailedStepInbox,
 ) -> Result<DrainReport, DrainError> {
     let mut report = DrainReport::default();

@@ -14,7 +14,7 @@
 
 use crate::model::{Chain, Job};
 use crate::ports::object_store::ObjectError;
-use crate::ports::services::ExportServices;
+use crate::ports::services::{ReadSource, StoreObjects};
 use crate::ports::source::{Page, SourceError};
 use bytes::Bytes;
 use std::collections::BTreeSet;
@@ -94,7 +94,7 @@ pub fn collect(ndjson: &[u8], types: &[String]) -> BTreeSet<String> {
 /// Records the references in the bytes a compartment step is about to
 /// upload, under the step's own key (a retry rewrites the same object).
 pub async fn record_step(
-    svc: &ExportServices,
+    svc: &impl StoreObjects,
     job: &Job,
     chain: &Chain,
     ndjson: &[u8],
@@ -109,7 +109,7 @@ pub async fn record_step(
     let mut body = refs.into_iter().collect::<Vec<_>>().join("\n");
     body.push('\n');
     let key = format!("{}{}/{:012}", steps_prefix(job), chain.chain_id, chain.step);
-    svc.objects.put_object(&key, Bytes::from(body)).await
+    svc.objects().put_object(&key, Bytes::from(body)).await
 }
 
 fn unavailable(e: ObjectError) -> SourceError {
@@ -119,19 +119,19 @@ fn unavailable(e: ObjectError) -> SourceError {
 /// Merges every step's references to `resource_type` into one sorted,
 /// deduplicated id list, stored for the chain's later pages.
 async fn build_ids(
-    svc: &ExportServices,
+    svc: &impl StoreObjects,
     job: &Job,
     resource_type: &str,
 ) -> Result<Vec<String>, SourceError> {
     let prefix = format!("{resource_type}/");
     let mut ids = BTreeSet::new();
     for key in svc
-        .objects
+        .objects()
         .list_keys(&steps_prefix(job))
         .await
         .map_err(unavailable)?
     {
-        let Some(body) = svc.objects.get_object(&key).await.map_err(unavailable)? else {
+        let Some(body) = svc.objects().get_object(&key).await.map_err(unavailable)? else {
             continue;
         };
         let text = String::from_utf8_lossy(&body);
@@ -147,7 +147,7 @@ async fn build_ids(
         s.push('\n');
         s
     });
-    svc.objects
+    svc.objects()
         .put_object(&ids_key(job, resource_type), Bytes::from(body))
         .await
         .map_err(unavailable)?;
@@ -157,7 +157,7 @@ async fn build_ids(
 /// One page of a referenced-resources chain. The cursor is the index of the
 /// next id in the merged list; the first page builds that list.
 pub async fn fetch_page(
-    svc: &ExportServices,
+    svc: &(impl ReadSource + StoreObjects),
     job: &Job,
     resource_type: &str,
     cursor: Option<&str>,
@@ -169,7 +169,7 @@ pub async fn fetch_page(
                 .parse()
                 .map_err(|_| SourceError::Permanent("malformed referenced-ids cursor".into()))?;
             let ids = match svc
-                .objects
+                .objects()
                 .get_object(&ids_key(job, resource_type))
                 .await
                 .map_err(unavailable)?
@@ -186,7 +186,7 @@ pub async fn fetch_page(
     };
     let to = (from + IDS_PER_PAGE).min(ids.len());
     let mut page = if from < to {
-        svc.source
+        svc.source()
             .fetch_by_ids(resource_type, &ids[from..to])
             .await?
     } else {

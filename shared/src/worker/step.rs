@@ -8,7 +8,9 @@ use crate::model::TypeFilter;
 use crate::model::config::MIN_PART_SIZE;
 use crate::model::effective_until;
 use crate::model::{Chain, ChainState, Job, JobStatus, StepEvent};
-use crate::ports::services::ExportServices;
+use crate::ports::services::{
+    LifecycleServices, ReadJobs, ScheduleSteps, StepServices, StoreObjects, WriteChains,
+};
 use crate::ports::source::SourceError;
 use crate::worker::file_closing::Closing;
 use crate::worker::lifecycle::{cancel_chain, fail_chain};
@@ -52,7 +54,7 @@ fn offset_after_lines(data: &[u8], n: u64) -> usize {
 
 /// Runs one step of one chain.
 pub async fn run_step(
-    svc: &ExportServices,
+    svc: &impl StepServices,
     ev: &StepEvent,
     deadline: Option<Instant>,
 ) -> Result<StepOutcome, StepError> {
@@ -66,7 +68,7 @@ pub async fn run_step(
         // committed step over instead (the watchdog backs this up).
         Err(e) if committed != ev.step => {
             tracing::warn!(job_id = %ev.job_id, chain = %ev.chain_id, step = committed, error = %e, "step failed after earlier parts committed; handing over");
-            match svc.continuation.schedule(at(committed)).await {
+            match svc.continuation().schedule(at(committed)).await {
                 Ok(()) => Ok(StepOutcome::Continued),
                 Err(_) => Err(e),
             }
@@ -78,11 +80,11 @@ pub async fn run_step(
 /// Rewinds a chain whose open file's upload was lost to the cursor at which
 /// that file was opened, so the file is exported again under the same number.
 async fn recover_lost_upload(
-    svc: &ExportServices,
+    svc: &(impl ReadJobs + ScheduleSteps + StoreObjects + WriteChains),
     ev: &StepEvent,
     key: &str,
 ) -> Result<StepOutcome, StepError> {
-    let Some(mut chain) = svc.store.get_chain(&ev.job_id, &ev.chain_id).await? else {
+    let Some(mut chain) = svc.jobs().get_chain(&ev.job_id, &ev.chain_id).await? else {
         return Ok(StepOutcome::Stale);
     };
     if chain.step != ev.step {
@@ -105,7 +107,7 @@ async fn recover_lost_upload(
         // The file after the lost one is exported again too (its number
         // stays unused).
         rewound += open.count;
-        if let Err(e) = svc.objects.abort_upload(&open.key, &open.upload_id).await {
+        if let Err(e) = svc.objects().abort_upload(&open.key, &open.upload_id).await {
             tracing::warn!(job_id = %ev.job_id, error = %e, "could not abort a rewound upload");
         }
     }
@@ -113,23 +115,23 @@ async fn recover_lost_upload(
     chain.open_file = None;
     chain.reserved_number = Some(lost.number);
     chain.step += 1;
-    if !won(svc.store.save_chain(&mut chain).await)? {
+    if !won(svc.chains().save_chain(&mut chain).await)? {
         return Ok(StepOutcome::Stale);
     }
-    svc.continuation.schedule(chain.event()).await?;
+    svc.continuation().schedule(chain.event()).await?;
     Ok(StepOutcome::Continued)
 }
 
 async fn run_step_once(
-    svc: &ExportServices,
+    svc: &impl StepServices,
     ev: &StepEvent,
     deadline: Option<Instant>,
     committed: &mut u64,
 ) -> Result<StepOutcome, StepError> {
-    let Some(job) = svc.store.get_job(&ev.job_id).await? else {
+    let Some(job) = svc.jobs().get_job(&ev.job_id).await? else {
         return Ok(StepOutcome::Stale);
     };
-    let Some(chain) = svc.store.get_chain(&ev.job_id, &ev.chain_id).await? else {
+    let Some(chain) = svc.jobs().get_chain(&ev.job_id, &ev.chain_id).await? else {
         return Ok(StepOutcome::Stale);
     };
     if chain.state != ChainState::Running || chain.step != ev.step {
@@ -154,7 +156,7 @@ async fn run_step_once(
 
 /// Commits the pending part, if any; `Some` ends the step with that outcome.
 async fn settle(
-    svc: &ExportServices,
+    svc: &impl LifecycleServices,
     job: &Job,
     chain: &mut Chain,
     pending: &mut Option<PendingPart>,
@@ -173,7 +175,7 @@ async fn settle(
 
 /// Ends a chain on a source failure, after committing the part in flight.
 async fn fail_after(
-    svc: &ExportServices,
+    svc: &impl LifecycleServices,
     job: &Job,
     mut chain: Chain,
     pending: &mut Option<PendingPart>,
@@ -189,13 +191,13 @@ async fn fail_after(
 
 /// The body of a step: parts of source pages, uploaded and committed.
 async fn export_parts(
-    svc: &ExportServices,
+    svc: &impl StepServices,
     job: Job,
     mut chain: Chain,
     deadline: Option<Instant>,
     committed: &mut u64,
 ) -> Result<StepOutcome, StepError> {
-    let cfg = &svc.config;
+    let cfg = &svc.config();
     let (since, until) = chain_window(&job, &chain);
     let filters: Vec<TypeFilter> = job
         .request
@@ -206,7 +208,7 @@ async fn export_parts(
         .collect();
     let resource_type = chain.resource_type.clone();
     let query = PageQuery {
-        source: svc.source.clone(),
+        source: svc.source().clone(),
         resource_type: Arc::from(resource_type.as_str()),
         window: (since, until),
         filters: Arc::from(filters.as_slice()),
@@ -215,7 +217,7 @@ async fn export_parts(
         batch: chain.batch.as_deref().map(Arc::from),
     };
     let total = if chain.step == 0 && chain.total.is_none() && !chain.referenced {
-        svc.source
+        svc.source()
             .estimate(&query.request(None, 0))
             .await
             .ok()
@@ -230,7 +232,7 @@ async fn export_parts(
         && !chain.referenced
         && filters.is_empty()
         && cfg.max_partitions > 1
-        && svc.source.supports_time_partitions()
+        && svc.source().supports_time_partitions()
         && let Some(total) = total.filter(|t| *t > cfg.partition_target)
     {
         return crate::worker::partition::split_chain(svc, &job, chain, (since, until), total)
@@ -456,7 +458,7 @@ async fn export_parts(
         pending = Some(part);
         parts_started += 1;
         if another_part && !exhausted && !short {
-            match svc.store.get_job(&job.id).await? {
+            match svc.jobs().get_job(&job.id).await? {
                 Some(j) if j.status == JobStatus::Cancelled => {
                     // Dropping the pending part stops its upload.
                     drop(pending);
@@ -477,7 +479,7 @@ async fn export_parts(
             return Ok(out);
         }
         drop(prefetched);
-        svc.continuation.schedule(chain.event()).await?;
+        svc.continuation().schedule(chain.event()).await?;
         return Ok(StepOutcome::Continued);
     }
 }

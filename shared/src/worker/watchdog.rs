@@ -3,7 +3,7 @@
 
 use crate::model::ChainState;
 use crate::ports::job_store::StoreError;
-use crate::ports::services::ExportServices;
+use crate::ports::services::LifecycleServices;
 use crate::worker::lifecycle::fail_chain;
 use crate::worker::outcome::StepError;
 use std::time::Duration;
@@ -25,11 +25,14 @@ pub struct SweepReport {
 /// Schedules the current step of every running chain that has made no
 /// progress for `stall` (all running chains when `stall` is zero, which is
 /// how the local runner resumes after a restart).
-pub async fn sweep(svc: &ExportServices, stall: Duration) -> Result<SweepReport, StepError> {
+pub async fn sweep(
+    svc: &impl LifecycleServices,
+    stall: Duration,
+) -> Result<SweepReport, StepError> {
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     let mut report = SweepReport::default();
     crate::worker::lifecycle::promote_queued(svc).await?;
-    for job in svc.store.active_jobs().await? {
+    for job in svc.jobs().active_jobs().await? {
         if job.status != crate::model::JobStatus::Running {
             continue;
         }
@@ -39,13 +42,13 @@ pub async fn sweep(svc: &ExportServices, stall: Duration) -> Result<SweepReport,
         if job.chains_remaining as usize <= job.referenced_types.len() {
             crate::worker::lifecycle::maybe_complete_job(svc, &job.id).await?;
         }
-        for mut chain in svc.store.list_chains(&job.id).await? {
+        for mut chain in svc.jobs().list_chains(&job.id).await? {
             if chain.state != ChainState::Running || now - chain.heartbeat < stall.as_secs() as i64
             {
                 continue;
             }
             let current = chain.event();
-            if svc.continuation.is_pending(&current).await {
+            if svc.continuation().is_pending(&current).await {
                 // Waiting for a worker (or running) is not a stall.
                 continue;
             }
@@ -61,7 +64,7 @@ pub async fn sweep(svc: &ExportServices, stall: Duration) -> Result<SweepReport,
             if !stall.is_zero() {
                 chain.restarts += 1;
                 chain.heartbeat = now;
-                match svc.store.save_chain(&mut chain).await {
+                match svc.chains().save_chain(&mut chain).await {
                     Ok(()) => {}
                     Err(StoreError::Conflict) => continue,
                     Err(e) => return Err(e.into()),
@@ -72,7 +75,7 @@ pub async fn sweep(svc: &ExportServices, stall: Duration) -> Result<SweepReport,
             } else {
                 tracing::warn!(job_id = %job.id, chain = %chain.chain_id, step = chain.step, restarts = chain.restarts, "restarting stalled chain");
             }
-            svc.continuation.schedule(chain.event()).await?;
+            svc.continuation().schedule(chain.event()).await?;
             report.restarted += 1;
         }
     }
