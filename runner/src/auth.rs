@@ -289,19 +289,17 @@ fn caller_from_claims(claims: Claims) -> Result<Caller, ApiError> {
     if claims.nbf.as_ref().is_some_and(|v| !v.is_number()) {
         return Err(unauthorized("bearer token has a malformed nbf claim"));
     }
-    let non_empty = |v: Option<Value>| match v {
-        Some(Value::String(s)) if !s.is_empty() => Some(s),
-        _ => None,
-    };
-    let client_id = non_empty(claims.client_id)
-        .or_else(|| non_empty(claims.sub))
-        .ok_or_else(|| unauthorized("bearer token has neither a client_id nor a sub claim"))?;
-    let scopes = match claims.scope {
-        None | Some(Value::Null) => Vec::new(),
-        Some(Value::String(s)) => s.split_whitespace().map(str::to_owned).collect(),
+    let scope = match &claims.scope {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(s.as_str()),
         Some(_) => return Err(unauthorized("bearer token scope claim is not a string")),
     };
-    Ok(Caller { client_id, scopes })
+    Caller::from_claims(
+        claims.client_id.as_ref().and_then(Value::as_str),
+        claims.sub.as_ref().and_then(Value::as_str),
+        scope,
+    )
+    .ok_or_else(|| unauthorized("bearer token has neither a client_id nor a sub claim"))
 }
 
 /// The token of the request's `Authorization: Bearer` header.

@@ -23,11 +23,7 @@ pub async fn download(
     if job.status != JobStatus::Complete {
         return Err(not_found());
     }
-    let files = svc
-        .files()
-        .list_files(&job.id)
-        .await
-        .map_err(|e| ApiError::Unavailable(format!("job store unavailable: {e}")))?;
+    let files = svc.files().list_files(&job.id).await?;
     let file = files
         .iter()
         .find(|f| file_name(&f.resource_type, f.number) == name)

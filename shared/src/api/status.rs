@@ -34,13 +34,8 @@ pub async fn load_visible_job(
     if !is_job_id(job_id) {
         return Err(not_found());
     }
-    let job = svc
-        .jobs()
-        .get_job(job_id)
-        .await
-        .map_err(|e| ApiError::Unavailable(format!("job store unavailable: {e}")))?
-        .ok_or_else(not_found)?;
-    let expired = job.expires_at <= time::OffsetDateTime::now_utc().unix_timestamp();
+    let job = svc.jobs().get_job(job_id).await?.ok_or_else(not_found)?;
+    let expired = job.expires_at <= crate::fhir::instant::unix_now();
     if job.owner != caller.client_id || job.status == JobStatus::Cancelled || expired {
         return Err(not_found());
     }
@@ -51,11 +46,7 @@ pub async fn load_visible_job(
 /// chain counts fully when finished, by exported/expected while running with
 /// a known total, and as nothing before its total is known.
 async fn progress(svc: &impl ReadJobs, job: &Job) -> Result<(u64, u64, usize, usize), ApiError> {
-    let chains = svc
-        .jobs()
-        .list_chains(&job.id)
-        .await
-        .map_err(|e| ApiError::Unavailable(format!("job store unavailable: {e}")))?;
+    let chains = svc.jobs().list_chains(&job.id).await?;
     let exported: u64 = chains.iter().map(|c| c.exported).sum();
     let done = chains.iter().filter(|c| c.state.is_finished()).count();
     let fraction: f64 = chains
@@ -81,7 +72,7 @@ pub async fn status(
     job_id: &str,
 ) -> Result<Response<Bytes>, ApiError> {
     let mut job = load_visible_job(svc, caller, job_id).await?;
-    if matches!(job.status, JobStatus::Running | JobStatus::Queued) && job.chains_remaining <= 0 {
+    if matches!(job.status, JobStatus::Running | JobStatus::Queued) && job.all_chains_finished() {
         // The last chain finished but its completion write was lost; finish it here.
         maybe_complete_job(svc, &job.id)
             .await
@@ -92,12 +83,8 @@ pub async fn status(
         JobStatus::Queued | JobStatus::Running => {
             // Sustained polling faster than Retry-After gets 429; the job is unaffected.
             let window = svc.config().retry_after_secs.max(1) as i64;
-            let now = time::OffsetDateTime::now_utc().unix_timestamp();
-            let polls = svc
-                .polls()
-                .record_poll(&job.id, now, window)
-                .await
-                .map_err(|e| ApiError::Unavailable(format!("job store unavailable: {e}")))?;
+            let now = crate::fhir::instant::unix_now();
+            let polls = svc.polls().record_poll(&job.id, now, window).await?;
             if polls > POLL_BURST {
                 return Err(ApiError::TooManyRequests {
                     message: format!(
@@ -108,9 +95,7 @@ pub async fn status(
             }
             let (pct, exported, done, total) = progress(svc, &job).await?;
             let text = if job.status == JobStatus::Queued {
-                let position = queue_position(svc, &job)
-                    .await
-                    .map_err(|e| ApiError::Unavailable(format!("job store unavailable: {e}")))?;
+                let position = queue_position(svc, &job).await?;
                 format!("0% complete: queued, position {position}")
             } else {
                 format!("{pct}% complete: {exported} resources, {done}/{total} types done")

@@ -16,13 +16,9 @@ pub enum Admission {
     Queue,
 }
 
-fn unavailable(e: StoreError) -> ApiError {
-    ApiError::Unavailable(format!("job store unavailable: {e}"))
-}
-
 /// Decides whether `owner`'s new export runs now, waits, or is refused.
 pub async fn admit(svc: &(impl ReadJobs + Settings), owner: &str) -> Result<Admission, ApiError> {
-    let active = svc.jobs().active_jobs().await.map_err(unavailable)?;
+    let active = svc.jobs().active_jobs().await?;
     let queued = active
         .iter()
         .filter(|j| j.status == JobStatus::Queued)

@@ -96,11 +96,7 @@ pub async fn run_scheduled_export(
         }
     };
     let since = match ev.since.as_deref() {
-        Some("last-success") => svc
-            .schedules()
-            .last_schedule_success(&ev.name)
-            .await
-            .map_err(|e| ApiError::Unavailable(format!("job store unavailable: {e}")))?,
+        Some("last-success") => svc.schedules().last_schedule_success(&ev.name).await?,
         other => other.map(str::to_string),
     };
     let mut pairs = Vec::new();

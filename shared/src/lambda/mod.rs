@@ -104,17 +104,12 @@ pub fn caller_from_context(ctx: Option<RequestContext>) -> Result<Caller, ApiErr
         .and_then(|a| a.jwt)
         .map(|j| j.claims)
         .ok_or_else(unauthorized)?;
-    let client_id = claims
-        .get("client_id")
-        .or_else(|| claims.get("sub"))
-        .filter(|v| !v.is_empty())
-        .cloned()
-        .ok_or_else(unauthorized)?;
-    let scopes = claims
-        .get("scope")
-        .map(|s| s.split(' ').map(str::to_string).collect())
-        .unwrap_or_default();
-    Ok(Caller { client_id, scopes })
+    Caller::from_claims(
+        claims.get("client_id").map(String::as_str),
+        claims.get("sub").map(String::as_str),
+        claims.get("scope").map(String::as_str),
+    )
+    .ok_or_else(unauthorized)
 }
 
 /// Without a configured public base URL, URLs are built from the API

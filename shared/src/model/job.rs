@@ -100,6 +100,14 @@ fn default_status() -> JobStatus {
     JobStatus::Queued
 }
 
+impl Job {
+    /// True once every chain of the job has finished (the counter the last
+    /// chain's final write brings to zero): the job is then complete.
+    pub fn all_chains_finished(&self) -> bool {
+        self.chains_remaining <= 0
+    }
+}
+
 /// State of one chain.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -1,5 +1,6 @@
 //! The job store port: jobs, chains and file records with optimistic locking.
 
+use crate::fhir::outcome::ApiError;
 use crate::model::{Chain, FileRecord, Job, JobStatus};
 use async_trait::async_trait;
 
@@ -15,6 +16,25 @@ pub enum StoreError {
     /// A stored item could not be decoded.
     #[error("job store item is corrupt: {0}")]
     Corrupt(String),
+}
+
+/// A store failure seen by a client: the one mapping to 503 "job store
+/// unavailable" (the client may retry; the message names no item).
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        ApiError::Unavailable(format!("job store unavailable: {e}"))
+    }
+}
+
+/// Whether a conditional write won: `false` for a lost race (another writer
+/// owns the record now), an error for anything else. The one place that
+/// reads `Conflict`.
+pub fn won(write: Result<(), StoreError>) -> Result<bool, StoreError> {
+    match write {
+        Ok(()) => Ok(true),
+        Err(StoreError::Conflict) => Ok(false),
+        Err(e) => Err(e),
+    }
 }
 
 /// Reads jobs and their chains (status, cancel, the worker, the watchdog).

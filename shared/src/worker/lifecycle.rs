@@ -6,13 +6,14 @@ use crate::fhir::instant::unix_now;
 use crate::fhir::outcome::{Severity, operation_outcome};
 use crate::model::{Chain, ChainState, FileKind, FileRecord, Job, JobStatus, file_name};
 use crate::ports::job_store::StoreError;
+use crate::ports::job_store::won;
 use crate::ports::object_store::ObjectError;
 use crate::ports::services::{
     LifecycleServices, LogSchedules, ReadJobs, RecordFiles, ScheduleSteps, Settings, StoreObjects,
     WriteChains, WriteJobs,
 };
 use crate::worker::file_closing::complete_file;
-use crate::worker::outcome::{StepError, StepOutcome, won};
+use crate::worker::outcome::{StepError, StepOutcome};
 use bytes::Bytes;
 
 /// Writes one OperationOutcome line into a new error file of the job.
@@ -78,11 +79,7 @@ pub async fn fail_chain(
     write_error_file(svc, job, &[message]).await?;
     chain.state = ChainState::Failed;
     chain.heartbeat = unix_now();
-    if !won(svc.chains().finish_chain(&mut chain).await)? {
-        return Ok(StepOutcome::Stale);
-    }
-    maybe_complete_job(svc, &job.id).await?;
-    Ok(StepOutcome::Finished)
+    finish(svc, job, &mut chain).await
 }
 
 pub(crate) async fn cancel_chain(
@@ -101,7 +98,20 @@ pub(crate) async fn cancel_chain(
             .await?;
     }
     chain.state = ChainState::Cancelled;
-    if !won(svc.chains().finish_chain(&mut chain).await)? {
+    finish(svc, job, &mut chain).await
+}
+
+/// Writes a chain's final state (set by the caller), counting it on its job
+/// in the same write; whoever finishes the last chain completes the job.
+/// `Stale` if another delivery finished the chain first.
+pub(crate) async fn finish(
+    svc: &(
+         impl LogSchedules + ReadJobs + ScheduleSteps + Settings + StoreObjects + WriteChains + WriteJobs
+     ),
+    job: &Job,
+    chain: &mut Chain,
+) -> Result<StepOutcome, StepError> {
+    if !won(svc.chains().finish_chain(chain).await)? {
         return Ok(StepOutcome::Stale);
     }
     maybe_complete_job(svc, &job.id).await?;
@@ -120,7 +130,7 @@ pub async fn maybe_complete_job(
         let Some(job) = svc.jobs().get_job(job_id).await? else {
             return Ok(());
         };
-        if job.chains_remaining > 0 {
+        if !job.all_chains_finished() {
             if job.status == JobStatus::Running
                 && job.chains_remaining as usize <= job.referenced_types.len()
             {
@@ -130,44 +140,50 @@ pub async fn maybe_complete_job(
         }
         match job.status {
             JobStatus::Queued | JobStatus::Running => {
-                match svc
+                let completed = svc
                     .job_writes()
                     .set_job_status(&job, JobStatus::Complete, None)
-                    .await
-                {
-                    Ok(()) => {
-                        if let Some(schedule) = &job.schedule {
-                            svc.schedules()
-                                .record_schedule_success(schedule, &job.transaction_time)
-                                .await?;
-                        }
-                        if !job.referenced_types.is_empty()
-                            && let Err(e) = svc
-                                .objects()
-                                .delete_prefix(&crate::worker::referenced::working_prefix(&job))
-                                .await
-                        {
-                            // Expires with the job's files anyway.
-                            tracing::warn!(job_id, error = %e, "could not remove working objects");
-                        }
-                        tracing::info!(job_id, "export complete");
-                        crate::worker::lifecycle::promote_queued(svc).await?;
-                        return Ok(());
-                    }
-                    Err(StoreError::Conflict) => continue,
-                    Err(e) => return Err(e.into()),
+                    .await;
+                if won(completed)? {
+                    return on_complete(svc, &job).await;
                 }
             }
             JobStatus::Cancelled => {
                 svc.objects()
                     .delete_prefix(&format!("{}/", job.folder))
                     .await?;
-                crate::worker::lifecycle::promote_queued(svc).await?;
+                promote_queued(svc).await?;
                 return Ok(());
             }
             JobStatus::Complete | JobStatus::Failed => return Ok(()),
         }
     }
+    Ok(())
+}
+
+/// What follows a job's completion, once: the schedule's success, the
+/// removal of working objects, and the next queued job.
+async fn on_complete(
+    svc: &(impl LogSchedules + ReadJobs + ScheduleSteps + Settings + StoreObjects + WriteJobs),
+    job: &Job,
+) -> Result<(), StepError> {
+    let job_id = job.id.as_str();
+    if let Some(schedule) = &job.schedule {
+        svc.schedules()
+            .record_schedule_success(schedule, &job.transaction_time)
+            .await?;
+    }
+    if !job.referenced_types.is_empty()
+        && let Err(e) = svc
+            .objects()
+            .delete_prefix(&crate::worker::referenced::working_prefix(job))
+            .await
+    {
+        // Expires with the job's files anyway.
+        tracing::warn!(job_id, error = %e, "could not remove working objects");
+    }
+    tracing::info!(job_id, "export complete");
+    promote_queued(svc).await?;
     Ok(())
 }
 
@@ -191,10 +207,8 @@ async fn start_waiting_chains(
     {
         chain.state = ChainState::Running;
         chain.heartbeat = unix_now();
-        match svc.chains().save_chain(&mut chain).await {
-            Ok(()) => {}
-            Err(StoreError::Conflict) => continue,
-            Err(e) => return Err(e.into()),
+        if !won(svc.chains().save_chain(&mut chain).await)? {
+            continue;
         }
         tracing::info!(job_id = %job.id, chain = %chain.chain_id, "referenced-resources chain started");
         svc.continuation().schedule(chain.event()).await?;
@@ -228,14 +242,12 @@ pub async fn promote_queued(
         {
             continue;
         }
-        match svc
+        if !won(svc
             .job_writes()
             .set_job_status(job, JobStatus::Running, None)
-            .await
+            .await)?
         {
-            Ok(()) => {}
-            Err(StoreError::Conflict) => continue,
-            Err(e) => return Err(e),
+            continue;
         }
         for chain in svc.jobs().list_chains(&job.id).await? {
             if chain.state != crate::model::ChainState::Running {

@@ -32,13 +32,3 @@ pub enum StepError {
     #[error("multipart upload of {0} was lost")]
     UploadLost(String),
 }
-
-/// Whether a conditional chain write won: a lost race means another
-/// delivery of this step owns the chain now.
-pub(crate) fn won(write: Result<(), StoreError>) -> Result<bool, StepError> {
-    match write {
-        Ok(()) => Ok(true),
-        Err(StoreError::Conflict) => Ok(false),
-        Err(e) => Err(e.into()),
-    }
-}

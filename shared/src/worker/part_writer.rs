@@ -7,11 +7,12 @@
 use crate::fhir::instant::unix_now;
 use crate::model::config::MIN_PART_SIZE;
 use crate::model::{Chain, ChainState, Job, OpenFile, file_name};
+use crate::ports::job_store::won;
 use crate::ports::object_store::ObjectError;
 use crate::ports::services::{LifecycleServices, RecordFiles, StoreObjects, WriteChains};
 use crate::worker::file_closing::{complete_file, object_appears};
-use crate::worker::lifecycle::maybe_complete_job;
-use crate::worker::outcome::{StepError, StepOutcome, won};
+use crate::worker::lifecycle::finish;
+use crate::worker::outcome::{StepError, StepOutcome};
 use bytes::Bytes;
 use tokio::task::JoinHandle;
 
@@ -181,11 +182,7 @@ pub(crate) async fn commit(
     }
     if part.exhausted {
         chain.state = ChainState::Done;
-        if !won(svc.chains().finish_chain(chain).await)? {
-            return Ok(Some(StepOutcome::Stale));
-        }
-        maybe_complete_job(svc, &job.id).await?;
-        return Ok(Some(StepOutcome::Finished));
+        return finish(svc, job, chain).await.map(Some);
     }
     if !won(svc.chains().save_chain(chain).await)? {
         return Ok(Some(StepOutcome::Stale));
@@ -227,14 +224,12 @@ pub(crate) async fn open_new_file(
         count: 0,
     });
     chain.reserved_number = None;
-    match svc.chains().save_chain(chain).await {
-        Ok(()) => Ok(true),
-        Err(crate::ports::job_store::StoreError::Conflict) => {
-            let _ = svc.objects().abort_upload(&key, &upload_id).await;
-            Ok(false)
-        }
-        // The write may have landed: keep the upload (an orphan is aborted by
-        // the bucket's lifecycle rule), never abort one the chain may own.
-        Err(e) => Err(e.into()),
+    // On an error other than a lost race the write may have landed: keep the
+    // upload (an orphan is aborted by the bucket's lifecycle rule), never
+    // abort one the chain may own.
+    if won(svc.chains().save_chain(chain).await)? {
+        return Ok(true);
     }
+    let _ = svc.objects().abort_upload(&key, &upload_id).await;
+    Ok(false)
 }

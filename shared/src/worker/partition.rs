@@ -12,9 +12,10 @@ use crate::fhir::instant::format_instant;
 use crate::fhir::instant::unix_now;
 use crate::model::new_chain;
 use crate::model::{Chain, Job, Partition};
+use crate::ports::job_store::won;
 use crate::ports::services::{ReadSource, ScheduleSteps, Settings, WriteChains};
 use crate::ports::source::{PageRequest, SourceError};
-use crate::worker::outcome::{StepError, StepOutcome, won};
+use crate::worker::outcome::{StepError, StepOutcome};
 use std::future::Future;
 use time::{Duration, OffsetDateTime};
 

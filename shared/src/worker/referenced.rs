@@ -12,6 +12,7 @@
 //! therefore exported once, whatever the number of resources pointing to it,
 //! and nothing grows in memory with the size of the export but that id list.
 
+use crate::fhir::ids::is_fhir_id;
 use crate::model::{Chain, Job};
 use crate::ports::object_store::ObjectError;
 use crate::ports::services::{ReadSource, StoreObjects};
@@ -41,12 +42,6 @@ fn ids_key(job: &Job, resource_type: &str) -> String {
 /// Prefix of the job's working objects (removed when the job completes).
 pub fn working_prefix(job: &Job) -> String {
     format!("{}/.refs/", job.folder)
-}
-
-fn is_fhir_id(s: &str) -> bool {
-    (1..=64).contains(&s.len())
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
 }
 
 /// The `Type/id` a reference string points to, for one of `types`: relative

@@ -8,13 +8,14 @@ use crate::model::TypeFilter;
 use crate::model::config::MIN_PART_SIZE;
 use crate::model::effective_until;
 use crate::model::{Chain, ChainState, Job, JobStatus, StepEvent};
+use crate::ports::job_store::won;
 use crate::ports::services::{
     LifecycleServices, ReadJobs, ScheduleSteps, StepServices, StoreObjects, WriteChains,
 };
 use crate::ports::source::SourceError;
 use crate::worker::file_closing::Closing;
 use crate::worker::lifecycle::{cancel_chain, fail_chain};
-use crate::worker::outcome::{StepError, StepOutcome, won};
+use crate::worker::outcome::{StepError, StepOutcome};
 use crate::worker::page_pipeline::{PageQuery, Prefetch};
 use crate::worker::part_writer::{self, PartData, PendingPart};
 use std::sync::Arc;

@@ -2,7 +2,7 @@
 //! is older than the stall timeout and schedules their current step again.
 
 use crate::model::ChainState;
-use crate::ports::job_store::StoreError;
+use crate::ports::job_store::won;
 use crate::ports::services::LifecycleServices;
 use crate::worker::lifecycle::fail_chain;
 use crate::worker::outcome::StepError;
@@ -29,7 +29,7 @@ pub async fn sweep(
     svc: &impl LifecycleServices,
     stall: Duration,
 ) -> Result<SweepReport, StepError> {
-    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let now = crate::fhir::instant::unix_now();
     let mut report = SweepReport::default();
     crate::worker::lifecycle::promote_queued(svc).await?;
     for job in svc.jobs().active_jobs().await? {
@@ -64,10 +64,8 @@ pub async fn sweep(
             if !stall.is_zero() {
                 chain.restarts += 1;
                 chain.heartbeat = now;
-                match svc.chains().save_chain(&mut chain).await {
-                    Ok(()) => {}
-                    Err(StoreError::Conflict) => continue,
-                    Err(e) => return Err(e.into()),
+                if !won(svc.chains().save_chain(&mut chain).await)? {
+                    continue;
                 }
             }
             if stall.is_zero() {

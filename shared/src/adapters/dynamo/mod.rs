@@ -27,6 +27,13 @@ fn pk(job_id: &str) -> AttributeValue {
     AttributeValue::S(format!("JOB#{job_id}"))
 }
 
+/// Sort keys of chain items: `CHAIN#<chain id>`.
+const CHAIN_PREFIX: &str = "CHAIN#";
+
+fn chain_sk(chain_id: &str) -> AttributeValue {
+    AttributeValue::S(format!("{CHAIN_PREFIX}{chain_id}"))
+}
+
 fn s(v: impl Into<String>) -> AttributeValue {
     AttributeValue::S(v.into())
 }
@@ -188,7 +195,7 @@ impl DynamoJobStore {
         Update::builder()
             .table_name(&self.table)
             .key("pk", pk(&chain.job_id))
-            .key("sk", s(format!("CHAIN#{}", chain.chain_id)))
+            .key("sk", chain_sk(&chain.chain_id))
             .update_expression("SET doc = :doc, version = :next")
             .condition_expression("version = :v")
             .expression_attribute_values(":doc", s(encode(chain)?))
@@ -249,7 +256,7 @@ impl JobReads for DynamoJobStore {
             .get_item()
             .table_name(&self.table)
             .key("pk", pk(job_id))
-            .key("sk", s(format!("CHAIN#{chain_id}")))
+            .key("sk", chain_sk(chain_id))
             .consistent_read(true)
             .send()
             .await
@@ -258,7 +265,7 @@ impl JobReads for DynamoJobStore {
     }
 
     async fn list_chains(&self, job_id: &str) -> Result<Vec<Chain>, StoreError> {
-        self.query_prefix(job_id, "CHAIN#")
+        self.query_prefix(job_id, CHAIN_PREFIX)
             .await?
             .iter()
             .map(decode_chain)
@@ -275,7 +282,7 @@ impl JobWrites for DynamoJobStore {
                 .put_item()
                 .table_name(&self.table)
                 .item("pk", pk(&job.id))
-                .item("sk", s(format!("CHAIN#{}", chain.chain_id)))
+                .item("sk", chain_sk(&chain.chain_id))
                 .item("doc", s(encode(chain)?))
                 .item("version", n(0))
                 .item("ttl", n(job.expires_at))
@@ -381,7 +388,7 @@ impl ChainWrites for DynamoJobStore {
             .update_item()
             .table_name(&self.table)
             .key("pk", pk(&chain.job_id))
-            .key("sk", s(format!("CHAIN#{}", chain.chain_id)))
+            .key("sk", chain_sk(&chain.chain_id))
             .update_expression(u.update_expression())
             .condition_expression(u.condition_expression().unwrap_or_default())
             .set_expression_attribute_values(u.expression_attribute_values().cloned())
@@ -454,7 +461,7 @@ impl ChainWrites for DynamoJobStore {
             let put = Put::builder()
                 .table_name(&self.table)
                 .item("pk", pk(&c.job_id))
-                .item("sk", s(format!("CHAIN#{}", c.chain_id)))
+                .item("sk", chain_sk(&c.chain_id))
                 .item("doc", s(encode(c)?))
                 .item("version", n(0))
                 .item("ttl", n(expires_at))

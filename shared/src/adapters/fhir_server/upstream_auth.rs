@@ -31,13 +31,6 @@ pub struct ClientCredentials {
 /// Seconds before expiry at which a cached token is renewed.
 const RENEW_MARGIN: Duration = Duration::from_secs(30);
 
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 impl ClientCredentials {
     /// A client signing its assertions with the PEM private key (RSA → RS384, EC → ES384).
     pub fn new(
@@ -89,7 +82,7 @@ impl ClientCredentials {
     async fn fetch(&self, http: &reqwest::Client) -> Result<(String, Duration), SourceError> {
         let mut jti = [0u8; 16];
         rand::RngCore::fill_bytes(&mut rand::rng(), &mut jti);
-        let now = unix_now();
+        let now = crate::fhir::instant::unix_now().max(0) as u64;
         let claims = serde_json::json!({
             "iss": self.client_id,
             "sub": self.client_id,
