@@ -170,7 +170,7 @@ async fn start_stack(
         );
     };
     let source = match &args.source {
-        Some(s) => SourceSpec::parse(s)?,
+        Some(s) => SourceSpec::parse(s).map_err(|e| e.to_string())?,
         None => {
             let dir = args.data_dir.join("dataset");
             if !dir.join("Patient.ndjson").exists() {

@@ -6,13 +6,9 @@ use crate::embedded::{LOCAL_ACCESS_KEY, LOCAL_SECRET_KEY, start_dynamodb, start_
 use crate::http_server::{Authenticator, serve};
 use bulk_export_core::adapters::dynamo::DynamoJobStore;
 use bulk_export_core::adapters::fhir_server::upstream_auth::UpstreamAuth;
-use bulk_export_core::adapters::fhir_server::{FhirServerSource, RetryPolicy};
-use bulk_export_core::adapters::ndjson::NdjsonSource;
-use bulk_export_core::adapters::ndjson::location::S3Prefix;
 use bulk_export_core::adapters::s3::S3ObjectStore;
 use bulk_export_core::model::config::ExportConfig;
 use bulk_export_core::ports::services::ExportServices;
-use bulk_export_core::ports::source::Source;
 use bulk_export_core::worker::in_process::{StepQueue, step_queue};
 use bulk_export_core::worker::watchdog::sweep;
 use std::net::SocketAddr;
@@ -20,56 +16,15 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Where resources come from.
-#[derive(Debug, Clone)]
-pub enum SourceSpec {
-    /// A directory of NDJSON files.
-    Ndjson(PathBuf),
-    /// NDJSON objects under an `s3://bucket/prefix`, read through the stack's
-    /// S3 endpoint.
-    S3(String),
-    /// A FHIR server base URL, with an optional static bearer token.
-    Fhir {
-        /// Base URL.
-        base: String,
-        /// Bearer token for the upstream.
-        token: Option<String>,
-    },
-}
+pub use bulk_export_core::compose::SourceSpec;
 
-impl SourceSpec {
-    /// Parses `ndjson:<dir>`, `s3://bucket/prefix` or an `http(s)://` URL.
-    pub fn parse(s: &str) -> Result<Self, String> {
-        if let Some(dir) = s.strip_prefix("ndjson:") {
-            Ok(SourceSpec::Ndjson(PathBuf::from(dir)))
-        } else if s.starts_with("s3://") {
-            Ok(SourceSpec::S3(s.to_string()))
-        } else if s.starts_with("http://") || s.starts_with("https://") {
-            Ok(SourceSpec::Fhir {
-                base: s.to_string(),
-                token: std::env::var("BULK_EXPORT_UPSTREAM_TOKEN").ok(),
-            })
-        } else {
-            Err(format!(
-                "source '{s}' must be ndjson:<dir>, s3://bucket/prefix or an http(s):// FHIR base URL"
-            ))
-        }
-    }
-
-    fn build(&self, s3: &aws_sdk_s3::Client) -> Result<Arc<dyn Source>, String> {
-        Ok(match self {
-            SourceSpec::Ndjson(dir) => Arc::new(NdjsonSource::new(dir)),
-            SourceSpec::S3(url) => Arc::new(NdjsonSource::s3(S3Prefix::parse(s3.clone(), url)?)),
-            SourceSpec::Fhir { base, token } => {
-                let source = FhirServerSource::new(base, token.clone(), RetryPolicy::default())
-                    .map_err(|e| e.to_string())?;
-                // Client credentials from the environment take precedence over a static token.
-                match UpstreamAuth::from_env()? {
-                    auth @ UpstreamAuth::ClientCredentials(_) => Arc::new(source.with_auth(auth)),
-                    _ => Arc::new(source),
-                }
-            }
-        })
+/// Upstream authentication for the runner: SMART client credentials from the
+/// environment (they take precedence over a static token), else the spec's
+/// own token.
+fn runner_auth() -> Result<UpstreamAuth, StackError> {
+    match UpstreamAuth::from_env().map_err(StackError)? {
+        auth @ UpstreamAuth::ClientCredentials(_) => Ok(auth),
+        _ => Ok(UpstreamAuth::None),
     }
 }
 
@@ -118,6 +73,17 @@ pub struct Stack {
 #[error("cannot start: {0}")]
 pub struct StackError(pub String);
 
+fn build_source(
+    spec: &SourceSpec,
+    s3: &aws_sdk_s3::Client,
+) -> Result<Arc<dyn bulk_export_core::ports::source::Source>, StackError> {
+    let auth = match spec {
+        SourceSpec::Fhir { .. } => runner_auth()?,
+        _ => UpstreamAuth::None,
+    };
+    spec.build(s3, auth).map_err(|e| StackError(e.to_string()))
+}
+
 /// Builds services against endpoints without starting the HTTP server or workers.
 pub async fn build(opts: &StackOptions, base_url: String) -> Result<Stack, StackError> {
     let mut endpoints = opts.endpoints.clone();
@@ -160,7 +126,7 @@ pub async fn build(opts: &StackOptions, base_url: String) -> Result<Stack, Stack
         config: Arc::new(config),
         store: Arc::new(store),
         objects: Arc::new(objects.clone()),
-        source: opts.source.build(objects.client()).map_err(StackError)?,
+        source: build_source(&opts.source, objects.client())?,
         continuation: Arc::new(continuation),
     };
     Ok(Stack {

@@ -3,5 +3,5 @@
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
-    bulk_export_core::lambda::run_api_function().await
+    bulk_export_core::lambda::run_http_function().await
 }

@@ -1,7 +1,7 @@
-//! The `kickoff` Lambda function: API Gateway HTTP API events into the shared API, plus scheduled-export events from EventBridge Scheduler.
-//! Its routes are set in template.yaml; the library dispatches by route.
+//! The `kickoff` Lambda function: HTTP API kick-off requests and EventBridge
+//! Scheduler events (scheduled exports). Routes are set in template.yaml.
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
-    bulk_export_core::lambda::run_api_function().await
+    bulk_export_core::lambda::run_kickoff_function().await
 }

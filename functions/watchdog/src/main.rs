@@ -1,9 +1,8 @@
 //! The `watchdog` Lambda function: on a schedule, delivers failed steps again
 //! and restarts stalled chains.
 
-use bulk_export_core::lambda::{
-    failed_step_queue_from_env, init_logging, services_from_env, watchdog_handler,
-};
+use bulk_export_core::compose::aws::{failed_step_queue_from_env, services_from_env};
+use bulk_export_core::lambda::{init_logging, tick};
 use lambda_runtime::{Error, LambdaEvent, run, service_fn};
 
 #[tokio::main]
@@ -15,13 +14,7 @@ async fn main() -> Result<(), Error> {
     let failed = failed.as_ref();
     run(service_fn(
         move |_event: LambdaEvent<serde_json::Value>| async move {
-            let (report, drained) = watchdog_handler(services, failed).await?;
-            Ok::<_, Error>(serde_json::json!({
-                "jobs": report.jobs,
-                "restarted": report.restarted,
-                "redelivered": drained.redelivered,
-                "staleFailedSteps": drained.stale,
-            }))
+            Ok::<_, Error>(tick(services, failed).await?)
         },
     ))
     .await

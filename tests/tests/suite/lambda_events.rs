@@ -5,7 +5,16 @@
 use crate::common::*;
 use bulk_export::generate::generate;
 use bulk_export::stack::SourceSpec;
-use bulk_export_core::lambda::{api_event_handler, watchdog_handler, worker_handler};
+use bulk_export_core::lambda::{KickoffEvent, kickoff_handler, watchdog_handler, worker_handler};
+use bulk_export_core::ports::services::ExportServices;
+
+/// An event's JSON through the kick-off function's typed handler (HTTP API
+/// events and scheduler events), as the Lambda runtime would deliver it, and
+/// its reply as the runtime would send it back.
+async fn api_event_handler(svc: &ExportServices, event: Value) -> Value {
+    let event: KickoffEvent = serde_json::from_value(event).expect("a kick-off function event");
+    serde_json::to_value(kickoff_handler(svc, event).await).unwrap()
+}
 use bulk_export_core::model::StepEvent;
 use serde_json::Value;
 use std::path::Path;
