@@ -15,7 +15,7 @@ pub async fn build_manifest(
         .files()
         .list_files(&job.id)
         .await
-        .map_err(|e| ObjectError::Backend(e.to_string()))?;
+        .map_err(|e| ObjectError::Backend(e.to_string().into()))?;
     files.retain(|f| f.count > 0);
     files.sort_by(|a, b| (&a.resource_type, a.number).cmp(&(&b.resource_type, b.number)));
     let mut output = Vec::new();

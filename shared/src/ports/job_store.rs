@@ -6,13 +6,14 @@ use async_trait::async_trait;
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum StoreError {
     /// A conditional write lost against a concurrent writer.
     #[error("conditional write conflict")]
     Conflict,
     /// The backing service failed (after the SDK's own retries).
-    #[error("job store: {0}")]
-    Backend(String),
+    #[error("job store: {}", crate::ports::error_chain(.0.as_ref()))]
+    Backend(#[source] crate::ports::BoxError),
     /// A stored item could not be decoded.
     #[error("job store item is corrupt: {0}")]
     Corrupt(String),

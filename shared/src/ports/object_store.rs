@@ -6,13 +6,14 @@ use std::time::Duration;
 
 /// Why an object store operation failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ObjectError {
     /// The multipart upload no longer exists (completed or aborted).
     #[error("no such upload")]
     NoSuchUpload,
     /// The backing service failed (after the SDK's own retries).
-    #[error("object store: {0}")]
-    Backend(String),
+    #[error("object store: {}", crate::ports::error_chain(.0.as_ref()))]
+    Backend(#[source] crate::ports::BoxError),
 }
 
 /// Output storage for export files.

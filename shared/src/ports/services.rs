@@ -88,65 +88,29 @@ pub trait ScheduleSteps {
     fn continuation(&self) -> &Arc<dyn Continuation>;
 }
 
-impl Settings for ExportServices {
-    fn config(&self) -> &ExportConfig {
-        &self.config
-    }
+/// Each accessor hands out one field of [`ExportServices`] as its capability.
+macro_rules! capability {
+    ($trait:ident, $method:ident, $ty:ty, |$s:ident| $get:expr) => {
+        impl $trait for ExportServices {
+            fn $method(&self) -> $ty {
+                let $s = self;
+                $get
+            }
+        }
+    };
 }
 
-impl ReadJobs for ExportServices {
-    fn jobs(&self) -> &dyn JobReads {
-        &*self.store
-    }
-}
-
-impl WriteJobs for ExportServices {
-    fn job_writes(&self) -> &dyn JobWrites {
-        &*self.store
-    }
-}
-
-impl WriteChains for ExportServices {
-    fn chains(&self) -> &dyn ChainWrites {
-        &*self.store
-    }
-}
-
-impl RecordFiles for ExportServices {
-    fn files(&self) -> &dyn FileRecords {
-        &*self.store
-    }
-}
-
-impl CountPolls for ExportServices {
-    fn polls(&self) -> &dyn PollCounter {
-        &*self.store
-    }
-}
-
-impl LogSchedules for ExportServices {
-    fn schedules(&self) -> &dyn ScheduleLog {
-        &*self.store
-    }
-}
-
-impl StoreObjects for ExportServices {
-    fn objects(&self) -> &Arc<dyn ObjectStore> {
-        &self.objects
-    }
-}
-
-impl ReadSource for ExportServices {
-    fn source(&self) -> &Arc<dyn Source> {
-        &self.source
-    }
-}
-
-impl ScheduleSteps for ExportServices {
-    fn continuation(&self) -> &Arc<dyn Continuation> {
-        &self.continuation
-    }
-}
+capability!(Settings, config, &ExportConfig, |s| &s.config);
+capability!(ReadJobs, jobs, &dyn JobReads, |s| &*s.store);
+capability!(WriteJobs, job_writes, &dyn JobWrites, |s| &*s.store);
+capability!(WriteChains, chains, &dyn ChainWrites, |s| &*s.store);
+capability!(RecordFiles, files, &dyn FileRecords, |s| &*s.store);
+capability!(CountPolls, polls, &dyn PollCounter, |s| &*s.store);
+capability!(LogSchedules, schedules, &dyn ScheduleLog, |s| &*s.store);
+capability!(StoreObjects, objects, &Arc<dyn ObjectStore>, |s| &s.objects);
+capability!(ReadSource, source, &Arc<dyn Source>, |s| &s.source);
+capability!(ScheduleSteps, continuation, &Arc<dyn Continuation>, |s| &s
+    .continuation);
 
 /// What ends chains and jobs (worker lifecycle): everything but the poll
 /// counter and the source. Status and cancel reach it too, so their Lambda

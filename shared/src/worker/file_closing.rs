@@ -56,7 +56,7 @@ impl Closing {
     pub(crate) async fn finish(self, chain: &mut Chain) -> Result<(), StepError> {
         self.0
             .await
-            .map_err(|e| ObjectError::Backend(format!("file completion task: {e}")))??;
+            .map_err(|e| ObjectError::Backend(format!("file completion task: {e}").into()))??;
         chain.closing = None;
         Ok(())
     }

@@ -28,7 +28,8 @@ pub async fn write_error_file(
     let mut body = Vec::new();
     for m in messages {
         let oo = operation_outcome(Severity::Error, "processing", m);
-        serde_json::to_writer(&mut body, &oo).map_err(|e| ObjectError::Backend(e.to_string()))?;
+        serde_json::to_writer(&mut body, &oo)
+            .map_err(|e| ObjectError::Backend(e.to_string().into()))?;
         body.push(b'\n');
     }
     let number = svc

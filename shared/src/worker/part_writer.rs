@@ -126,9 +126,11 @@ pub(crate) async fn commit(
 ) -> Result<Option<StepOutcome>, StepError> {
     let mut already_completed = false;
     if let Some(upload) = part.upload.take() {
-        let uploaded = upload
-            .await
-            .unwrap_or_else(|e| Err(ObjectError::Backend(format!("part upload task: {e}"))));
+        let uploaded = upload.await.unwrap_or_else(|e| {
+            Err(ObjectError::Backend(
+                format!("part upload task: {e}").into(),
+            ))
+        });
         let Some((key, bytes)) = chain.open_file.as_ref().map(|o| (o.key.clone(), o.bytes)) else {
             return Err(ObjectError::Backend("an uploaded part's file is not open".into()).into());
         };

@@ -42,8 +42,25 @@ fn n(v: impl ToString) -> AttributeValue {
     AttributeValue::N(v.to_string())
 }
 
-fn backend<E: std::fmt::Debug>(e: E) -> StoreError {
-    StoreError::Backend(format!("{e:?}").chars().take(500).collect())
+fn backend<E: std::error::Error + Send + Sync + 'static>(e: E) -> StoreError {
+    StoreError::Backend(Box::new(e))
+}
+
+/// A version-conditioned chain write's result: the version moves on when it
+/// applied; a failed condition is a lost race.
+fn versioned<T, E, R>(resp: Result<T, SdkError<E, R>>, chain: &mut Chain) -> Result<(), StoreError>
+where
+    E: aws_sdk_dynamodb::error::ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug + Send + Sync + 'static,
+{
+    match resp {
+        Ok(_) => {
+            chain.version += 1;
+            Ok(())
+        }
+        Err(e) if is_conditional_failure(&e) => Err(StoreError::Conflict),
+        Err(e) => Err(backend(e)),
+    }
 }
 
 fn is_conditional_failure<E, R>(e: &SdkError<E, R>) -> bool
@@ -167,6 +184,25 @@ impl DynamoJobStore {
         Ok(())
     }
 
+    /// One item by key, read consistently (a step must see the last commit).
+    async fn get_item(
+        &self,
+        pk: AttributeValue,
+        sk: AttributeValue,
+    ) -> Result<Option<Item>, StoreError> {
+        let resp = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", pk)
+            .key("sk", sk)
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(backend)?;
+        Ok(resp.item)
+    }
+
     async fn query_prefix(&self, job_id: &str, prefix: &str) -> Result<Vec<Item>, StoreError> {
         let mut items = Vec::new();
         let mut start: Option<Item> = None;
@@ -209,17 +245,11 @@ impl DynamoJobStore {
 #[async_trait]
 impl JobReads for DynamoJobStore {
     async fn get_job(&self, job_id: &str) -> Result<Option<Job>, StoreError> {
-        let resp = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .key("pk", pk(job_id))
-            .key("sk", s(JOB_SK))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(backend)?;
-        resp.item.as_ref().map(decode_job).transpose()
+        self.get_item(pk(job_id), s(JOB_SK))
+            .await?
+            .as_ref()
+            .map(decode_job)
+            .transpose()
     }
 
     async fn active_jobs(&self) -> Result<Vec<Job>, StoreError> {
@@ -251,17 +281,11 @@ impl JobReads for DynamoJobStore {
     }
 
     async fn get_chain(&self, job_id: &str, chain_id: &str) -> Result<Option<Chain>, StoreError> {
-        let resp = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .key("pk", pk(job_id))
-            .key("sk", chain_sk(chain_id))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(backend)?;
-        resp.item.as_ref().map(decode_chain).transpose()
+        self.get_item(pk(job_id), chain_sk(chain_id))
+            .await?
+            .as_ref()
+            .map(decode_chain)
+            .transpose()
     }
 
     async fn list_chains(&self, job_id: &str) -> Result<Vec<Chain>, StoreError> {
@@ -394,14 +418,7 @@ impl ChainWrites for DynamoJobStore {
             .set_expression_attribute_values(u.expression_attribute_values().cloned())
             .send()
             .await;
-        match resp {
-            Ok(_) => {
-                chain.version += 1;
-                Ok(())
-            }
-            Err(e) if is_conditional_failure(&e) => Err(StoreError::Conflict),
-            Err(e) => Err(backend(e)),
-        }
+        versioned(resp, chain)
     }
 
     async fn finish_chain(&self, chain: &mut Chain) -> Result<(), StoreError> {
@@ -424,14 +441,7 @@ impl ChainWrites for DynamoJobStore {
             .transact_items(TransactWriteItem::builder().update(job_update).build())
             .send()
             .await;
-        match resp {
-            Ok(_) => {
-                chain.version += 1;
-                Ok(())
-            }
-            Err(e) if is_conditional_failure(&e) => Err(StoreError::Conflict),
-            Err(e) => Err(backend(e)),
-        }
+        versioned(resp, chain)
     }
 
     async fn split_chain(
@@ -611,18 +621,10 @@ impl ScheduleLog for DynamoJobStore {
     }
 
     async fn last_schedule_success(&self, schedule: &str) -> Result<Option<String>, StoreError> {
-        let resp = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .key("pk", s(format!("SCHEDULE#{schedule}")))
-            .key("sk", s("LAST"))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(backend)?;
-        Ok(resp
-            .item
+        let item = self
+            .get_item(s(format!("SCHEDULE#{schedule}")), s("LAST"))
+            .await?;
+        Ok(item
             .as_ref()
             .and_then(|i| i.get("tx"))
             .and_then(|v| v.as_s().ok())

@@ -18,8 +18,8 @@ pub struct S3ObjectStore {
     bucket: String,
 }
 
-fn backend<E: std::fmt::Debug>(e: E) -> ObjectError {
-    ObjectError::Backend(format!("{e:?}").chars().take(500).collect())
+fn backend<E: std::error::Error + Send + Sync + 'static>(e: E) -> ObjectError {
+    ObjectError::Backend(Box::new(e))
 }
 
 fn code_of<E: ProvideErrorMetadata, R>(e: &SdkError<E, R>) -> Option<String> {
@@ -107,7 +107,7 @@ impl S3ObjectStore {
     /// or answer and close the connection before reading the body (s3s-fs)
     /// for an upload that is gone: then the store is asked whether it still
     /// exists.
-    async fn classify<E: ProvideErrorMetadata + std::fmt::Debug>(
+    async fn classify<E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static>(
         &self,
         e: SdkError<E, HttpResponse>,
         key: &str,
