@@ -3,6 +3,7 @@
 //! by API operation and counted, then forwarded unchanged (the original `Host`
 //! header is kept, so SigV4 signatures still verify).
 
+use crate::error::BenchError;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -206,16 +207,18 @@ pub async fn start_proxy(
     upstream: String,
     api: Api,
     counter: Arc<Counter>,
-) -> Result<String, String> {
+) -> Result<String, BenchError> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
-        .map_err(|e| e.to_string())?;
-    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        .map_err(BenchError::io("binding a counting proxy"))?;
+    let addr = listener
+        .local_addr()
+        .map_err(BenchError::io("counting proxy address"))?;
     let client = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .no_proxy()
         .build()
-        .map_err(|e| e.to_string())?;
+        .map_err(BenchError::http("proxy client"))?;
     let upstream = Arc::new(upstream.trim_end_matches('/').to_string());
     tokio::spawn(async move {
         let http = ConnBuilder::new(TokioExecutor::new());
