@@ -2,6 +2,8 @@
 //! and from the layers below, never from above, and no set of modules may
 //! import each other in a circle. Read from the `crate::` paths in the source.
 
+#![allow(clippy::unwrap_used)]
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 

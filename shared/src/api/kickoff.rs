@@ -49,31 +49,7 @@ pub async fn kickoff(
     }
     let is_post = req.method() == http::Method::POST;
     let pairs = if is_post {
-        let ct = header_str(req, header::CONTENT_TYPE)?.unwrap_or("");
-        let media = ct
-            .split(';')
-            .next()
-            .unwrap_or("")
-            .trim()
-            .to_ascii_lowercase();
-        if media != "application/fhir+json" && media != "application/json" {
-            return Err(ApiError::UnsupportedMediaType(format!(
-                "Content-Type {} is not supported; send a Parameters resource as application/fhir+json",
-                quote(ct)
-            )));
-        }
-        if req.uri().query().is_some_and(|q| !q.is_empty()) {
-            return Err(ApiError::BadRequest(
-                "a POST kick-off takes its parameters from the body, not the query string".into(),
-            ));
-        }
-        if req.body().len() > svc.config().max_body_bytes {
-            return Err(ApiError::PayloadTooLarge(format!(
-                "request body exceeds {} bytes",
-                svc.config().max_body_bytes
-            )));
-        }
-        parameters_pairs(req.body())?
+        post_pairs(svc, req)?
     } else {
         query_pairs(req.uri().query().unwrap_or(""))?
     };
@@ -99,14 +75,51 @@ pub async fn kickoff(
         scope,
     )
     .await?;
+    accepted(svc, &job.id)
+}
 
+/// The parameters of a POST kick-off: a `Parameters` body only (parameters
+/// in the query string too would be ambiguous), of bounded size.
+fn post_pairs(
+    svc: &impl Settings,
+    req: &Request<Bytes>,
+) -> Result<Vec<(String, String)>, ApiError> {
+    let ct = header_str(req, header::CONTENT_TYPE)?.unwrap_or("");
+    let media = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    if media != "application/fhir+json" && media != "application/json" {
+        return Err(ApiError::UnsupportedMediaType(format!(
+            "Content-Type {} is not supported; send a Parameters resource as application/fhir+json",
+            quote(ct)
+        )));
+    }
+    if req.uri().query().is_some_and(|q| !q.is_empty()) {
+        return Err(ApiError::BadRequest(
+            "a POST kick-off takes its parameters from the body, not the query string".into(),
+        ));
+    }
+    if req.body().len() > svc.config().max_body_bytes {
+        return Err(ApiError::PayloadTooLarge(format!(
+            "request body exceeds {} bytes",
+            svc.config().max_body_bytes
+        )));
+    }
+    parameters_pairs(req.body())
+}
+
+/// The 202 answer: the client polls the status URL in `Content-Location`.
+fn accepted(svc: &impl Settings, job_id: &str) -> Result<Response<Bytes>, ApiError> {
     let body = operation_outcome(
         Severity::Information,
         "informational",
         "Export accepted; poll the Content-Location URL for status.",
     );
     let mut resp = fhir_json(StatusCode::ACCEPTED, &body);
-    let location = status_url(svc.config().base(), &job.id);
+    let location = status_url(svc.config().base(), job_id);
     let value = HeaderValue::from_str(&location)
         .map_err(|_| ApiError::Internal("invalid status URL".into()))?;
     resp.headers_mut().insert(header::CONTENT_LOCATION, value);

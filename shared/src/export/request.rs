@@ -300,34 +300,66 @@ pub fn parse_export_request(
     is_post: bool,
     lenient: bool,
 ) -> Result<ExportRequest, ApiError> {
-    let mut req = ExportRequest::default();
-    let mut seen_single: Vec<String> = Vec::new();
-    let mut type_count = 0usize;
+    let mut parser = RequestParser {
+        req: ExportRequest::default(),
+        seen_single: Vec::new(),
+        type_count: 0,
+        level,
+        is_post,
+        lenient,
+    };
     for (name, value) in pairs {
+        parser.param(name, value)?;
+    }
+    parser.finish()
+}
+
+/// A kick-off request being parsed, parameter by parameter in request order:
+/// the first offending parameter names the error, and the rules that span
+/// parameters (single-valued names, the `_type` limit) remember what they saw.
+struct RequestParser<'a> {
+    req: ExportRequest,
+    seen_single: Vec<String>,
+    type_count: usize,
+    level: &'a ExportLevel,
+    is_post: bool,
+    lenient: bool,
+}
+
+impl RequestParser<'_> {
+    /// Takes one parameter: refused, ignored (lenient) or applied.
+    fn param(&mut self, name: String, value: String) -> Result<(), ApiError> {
         check_no_control(&name, &value)?;
+        // `_till` is an alias of `_until`: one name for the single-valued check.
         let canonical = if name == "_till" {
             "_until".to_string()
         } else {
             name.clone()
         };
         if is_single_valued(&canonical) {
-            if seen_single.contains(&canonical) {
+            if self.seen_single.contains(&canonical) {
                 return Err(ApiError::BadRequest(format!(
                     "parameter {} may appear only once",
                     quote(&name)
                 )));
             }
-            seen_single.push(canonical.clone());
+            self.seen_single.push(canonical.clone());
         }
         if let Some(reason) = unsupported_reason(&canonical) {
-            if lenient {
-                req.ignored
+            if self.lenient {
+                self.req
+                    .ignored
                     .push(format!("{reason}; ignored under handling=lenient"));
-                continue;
+                return Ok(());
             }
             return Err(ApiError::NotSupported(reason.to_string()));
         }
-        match canonical.as_str() {
+        self.apply(&name, &canonical, value)
+    }
+
+    /// Applies a supported parameter to the request.
+    fn apply(&mut self, name: &str, canonical: &str, value: String) -> Result<(), ApiError> {
+        match canonical {
             "_outputFormat" => {
                 if !is_output_format(&value) {
                     return Err(ApiError::BadRequest(format!(
@@ -345,53 +377,13 @@ pub fn parse_export_request(
                     )));
                 }
                 if canonical == "_since" {
-                    req.since = Some(value);
+                    self.req.since = Some(value);
                 } else {
-                    req.until = Some(value);
+                    self.req.until = Some(value);
                 }
             }
-            "_type" => {
-                for ty in value.split(',').map(str::trim) {
-                    type_count += 1;
-                    if type_count > MAX_TYPES {
-                        return Err(ApiError::BadRequest(format!(
-                            "_type may name at most {MAX_TYPES} types"
-                        )));
-                    }
-                    if ty.is_empty() {
-                        return Err(ApiError::BadRequest("_type contains an empty entry".into()));
-                    }
-                    if !is_resource_type(ty) {
-                        if lenient {
-                            req.ignored.push(format!(
-                                "_type {} is not a FHIR R4 resource type; ignored under handling=lenient",
-                                quote(ty)
-                            ));
-                            continue;
-                        }
-                        return Err(ApiError::BadRequest(format!(
-                            "_type {} is not a FHIR R4 resource type",
-                            quote(ty)
-                        )));
-                    }
-                    if !req.types.iter().any(|t| t == ty) {
-                        req.types.push(ty.to_string());
-                    }
-                }
-            }
-            "_typeFilter" => {
-                for raw in split_type_filters(&value) {
-                    if req.type_filters.len() >= MAX_TYPE_FILTERS {
-                        return Err(ApiError::BadRequest(format!(
-                            "at most {MAX_TYPE_FILTERS} _typeFilter queries are allowed"
-                        )));
-                    }
-                    let filter = parse_type_filter(raw)?;
-                    if !req.type_filters.contains(&filter) {
-                        req.type_filters.push(filter);
-                    }
-                }
-            }
+            "_type" => self.types(&value)?,
+            "_typeFilter" => self.type_filters(&value)?,
             "_container" => {
                 if !is_container_name(&value) {
                     return Err(ApiError::BadRequest(format!(
@@ -399,41 +391,12 @@ pub fn parse_export_request(
                         quote(&value)
                     )));
                 }
-                req.container = Some(value);
+                self.req.container = Some(value);
             }
-            "patient" => {
-                if !is_post {
-                    return Err(ApiError::BadRequest(
-                        "patient is only accepted in a POST kick-off body".into(),
-                    ));
-                }
-                if *level == ExportLevel::System {
-                    return Err(ApiError::BadRequest(
-                        "patient is only accepted at the Patient and Group levels".into(),
-                    ));
-                }
-                for reference in value.split(',').map(str::trim) {
-                    let id = reference.strip_prefix("Patient/").unwrap_or("");
-                    if !is_fhir_id(id) {
-                        return Err(ApiError::BadRequest(format!(
-                            "patient {} must be a reference of the form Patient/<id>",
-                            quote(reference)
-                        )));
-                    }
-                    if req.patients.len() >= MAX_PATIENTS {
-                        return Err(ApiError::BadRequest(format!(
-                            "at most {MAX_PATIENTS} patient references are allowed"
-                        )));
-                    }
-                    let normalized = format!("Patient/{id}");
-                    if !req.patients.contains(&normalized) {
-                        req.patients.push(normalized);
-                    }
-                }
-            }
+            "patient" => self.patients(&value)?,
             "allowPartialManifests" => match value.as_str() {
-                "true" => req.allow_partial_manifests = true,
-                "false" => req.allow_partial_manifests = false,
+                "true" => self.req.allow_partial_manifests = true,
+                "false" => self.req.allow_partial_manifests = false,
                 _ => {
                     return Err(ApiError::BadRequest(format!(
                         "allowPartialManifests {} must be true or false",
@@ -442,41 +405,131 @@ pub fn parse_export_request(
                 }
             },
             _ => {
-                if lenient {
-                    req.ignored.push(format!(
+                if self.lenient {
+                    self.req.ignored.push(format!(
                         "parameter {} is not recognised; ignored under handling=lenient",
-                        quote(&name)
+                        quote(name)
+                    ));
+                    return Ok(());
+                }
+                return Err(ApiError::BadRequest(format!(
+                    "parameter {} is not recognised by $export",
+                    quote(name)
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds a `_type` list; the limit counts every entry named, repeats and
+    /// ignored ones included, so a huge list is refused however it is spelt.
+    fn types(&mut self, value: &str) -> Result<(), ApiError> {
+        for ty in value.split(',').map(str::trim) {
+            self.type_count += 1;
+            if self.type_count > MAX_TYPES {
+                return Err(ApiError::BadRequest(format!(
+                    "_type may name at most {MAX_TYPES} types"
+                )));
+            }
+            if ty.is_empty() {
+                return Err(ApiError::BadRequest("_type contains an empty entry".into()));
+            }
+            if !is_resource_type(ty) {
+                if self.lenient {
+                    self.req.ignored.push(format!(
+                        "_type {} is not a FHIR R4 resource type; ignored under handling=lenient",
+                        quote(ty)
                     ));
                     continue;
                 }
                 return Err(ApiError::BadRequest(format!(
-                    "parameter {} is not recognised by $export",
-                    quote(&name)
+                    "_type {} is not a FHIR R4 resource type",
+                    quote(ty)
                 )));
             }
+            if !self.req.types.iter().any(|t| t == ty) {
+                self.req.types.push(ty.to_string());
+            }
         }
+        Ok(())
     }
-    if let (Some(since), Some(until)) = (&req.since, &req.until)
-        && let (Some(s), Some(u)) = (parse_instant(since), parse_instant(until))
-        && u < s
-    {
-        return Err(ApiError::BadRequest(format!(
-            "_until {} is before _since {}",
-            quote(until),
-            quote(since)
-        )));
-    }
-    if !req.types.is_empty() {
-        for f in &req.type_filters {
-            if !req.types.contains(&f.resource_type) {
+
+    /// Adds a `_typeFilter` value's queries, each validated, without repeats.
+    fn type_filters(&mut self, value: &str) -> Result<(), ApiError> {
+        for raw in split_type_filters(value) {
+            if self.req.type_filters.len() >= MAX_TYPE_FILTERS {
                 return Err(ApiError::BadRequest(format!(
-                    "_typeFilter for {} is excluded by _type",
-                    quote(&f.resource_type)
+                    "at most {MAX_TYPE_FILTERS} _typeFilter queries are allowed"
                 )));
             }
+            let filter = parse_type_filter(raw)?;
+            if !self.req.type_filters.contains(&filter) {
+                self.req.type_filters.push(filter);
+            }
         }
+        Ok(())
     }
-    Ok(req)
+
+    /// Adds `patient` references: POST bodies at the Patient and Group
+    /// levels only, normalised to `Patient/<id>` so repeats collapse.
+    fn patients(&mut self, value: &str) -> Result<(), ApiError> {
+        if !self.is_post {
+            return Err(ApiError::BadRequest(
+                "patient is only accepted in a POST kick-off body".into(),
+            ));
+        }
+        if *self.level == ExportLevel::System {
+            return Err(ApiError::BadRequest(
+                "patient is only accepted at the Patient and Group levels".into(),
+            ));
+        }
+        for reference in value.split(',').map(str::trim) {
+            let id = reference.strip_prefix("Patient/").unwrap_or("");
+            if !is_fhir_id(id) {
+                return Err(ApiError::BadRequest(format!(
+                    "patient {} must be a reference of the form Patient/<id>",
+                    quote(reference)
+                )));
+            }
+            if self.req.patients.len() >= MAX_PATIENTS {
+                return Err(ApiError::BadRequest(format!(
+                    "at most {MAX_PATIENTS} patient references are allowed"
+                )));
+            }
+            let normalized = format!("Patient/{id}");
+            if !self.req.patients.contains(&normalized) {
+                self.req.patients.push(normalized);
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks what only the whole request can show: an empty window, and a
+    /// `_typeFilter` for a type `_type` leaves out.
+    fn finish(self) -> Result<ExportRequest, ApiError> {
+        let req = self.req;
+        if let (Some(since), Some(until)) = (&req.since, &req.until)
+            && let (Some(s), Some(u)) = (parse_instant(since), parse_instant(until))
+            && u < s
+        {
+            return Err(ApiError::BadRequest(format!(
+                "_until {} is before _since {}",
+                quote(until),
+                quote(since)
+            )));
+        }
+        if !req.types.is_empty() {
+            for f in &req.type_filters {
+                if !req.types.contains(&f.resource_type) {
+                    return Err(ApiError::BadRequest(format!(
+                        "_typeFilter for {} is excluded by _type",
+                        quote(&f.resource_type)
+                    )));
+                }
+            }
+        }
+        Ok(req)
+    }
 }
 
 #[cfg(test)]

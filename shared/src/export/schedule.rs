@@ -80,54 +80,16 @@ pub async fn run_scheduled_export(
             quote(&ev.name)
         )));
     }
-    let level = match ev.level.as_deref().unwrap_or("system") {
-        "system" => ExportLevel::System,
-        "patient" => ExportLevel::Patient,
-        "group" => ExportLevel::Group(
-            ev.group_id
-                .clone()
-                .ok_or_else(|| ApiError::BadRequest("a group schedule needs groupId".into()))?,
-        ),
-        other => {
-            return Err(ApiError::BadRequest(format!(
-                "level {} is not system, patient or group",
-                quote(other)
-            )));
-        }
-    };
-    let since = match ev.since.as_deref() {
-        Some("last-success") => svc.schedules().last_schedule_success(&ev.name).await?,
-        other => other.map(str::to_string),
-    };
-    let mut pairs = Vec::new();
-    if !ev.types.is_empty() {
-        pairs.push(("_type".to_string(), ev.types.join(",")));
-    }
-    if let Some(s) = &since {
-        pairs.push(("_since".to_string(), s.clone()));
-    }
-    if let Some(c) = &ev.container {
-        pairs.push(("_container".to_string(), c.clone()));
-    }
+    let level = schedule_level(ev)?;
+    let since = schedule_since(svc, ev).await?;
+    let pairs = request_pairs(ev, since.as_deref());
     let request = parse_export_request(pairs.clone(), &level, false, false)?;
     if level != ExportLevel::System {
         return Err(ApiError::NotSupported(
             "scheduled Patient and Group exports are not supported yet".into(),
         ));
     }
-    let query: Vec<String> = pairs
-        .iter()
-        .map(|(k, v)| {
-            format!(
-                "{k}={}",
-                percent_encoding::utf8_percent_encode(v, percent_encoding::NON_ALPHANUMERIC)
-            )
-        })
-        .collect();
-    let mut url = format!("{}/$export", svc.config().base());
-    if !query.is_empty() {
-        url = format!("{url}?{}", query.join("&"));
-    }
+    let url = request_url(svc.config().base(), &pairs);
     let owner = ev.owner.clone().unwrap_or_else(|| "scheduler".into());
     let job = start_export(
         svc,
@@ -145,4 +107,70 @@ pub async fn run_scheduled_export(
         since,
         transaction_time: job.transaction_time,
     })
+}
+
+/// The export level a schedule names (`system` when it names none).
+fn schedule_level(ev: &ScheduledExport) -> Result<ExportLevel, ApiError> {
+    Ok(match ev.level.as_deref().unwrap_or("system") {
+        "system" => ExportLevel::System,
+        "patient" => ExportLevel::Patient,
+        "group" => ExportLevel::Group(
+            ev.group_id
+                .clone()
+                .ok_or_else(|| ApiError::BadRequest("a group schedule needs groupId".into()))?,
+        ),
+        other => {
+            return Err(ApiError::BadRequest(format!(
+                "level {} is not system, patient or group",
+                quote(other)
+            )));
+        }
+    })
+}
+
+/// The run's `_since`: `last-success` continues from the transaction time of
+/// the schedule's last successful export (none before the first one).
+async fn schedule_since(
+    svc: &impl LogSchedules,
+    ev: &ScheduledExport,
+) -> Result<Option<String>, ApiError> {
+    Ok(match ev.since.as_deref() {
+        Some("last-success") => svc.schedules().last_schedule_success(&ev.name).await?,
+        other => other.map(str::to_string),
+    })
+}
+
+/// The kick-off parameters the schedule stands for, so a scheduled export is
+/// validated exactly like an HTTP one.
+fn request_pairs(ev: &ScheduledExport, since: Option<&str>) -> Vec<(String, String)> {
+    let mut pairs = Vec::new();
+    if !ev.types.is_empty() {
+        pairs.push(("_type".to_string(), ev.types.join(",")));
+    }
+    if let Some(s) = since {
+        pairs.push(("_since".to_string(), s.to_string()));
+    }
+    if let Some(c) = &ev.container {
+        pairs.push(("_container".to_string(), c.clone()));
+    }
+    pairs
+}
+
+/// The kick-off URL the job records as its request (the manifest's
+/// `request`), as if the parameters had been sent in a GET.
+fn request_url(base: &str, pairs: &[(String, String)]) -> String {
+    let query: Vec<String> = pairs
+        .iter()
+        .map(|(k, v)| {
+            format!(
+                "{k}={}",
+                percent_encoding::utf8_percent_encode(v, percent_encoding::NON_ALPHANUMERIC)
+            )
+        })
+        .collect();
+    let mut url = format!("{base}/$export");
+    if !query.is_empty() {
+        url = format!("{url}?{}", query.join("&"));
+    }
+    url
 }

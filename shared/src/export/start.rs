@@ -16,6 +16,7 @@ use crate::ports::services::{
 use crate::worker::lifecycle::write_error_file;
 use crate::worker::referenced::{REFERENCED_TYPES, is_referenced_type};
 use rand::RngCore;
+use time::OffsetDateTime;
 
 /// A new unguessable job id (128 random bits, hex).
 pub fn new_job_id() -> String {
@@ -189,59 +190,15 @@ pub async fn start_export(
     schedule: Option<String>,
     scope: PatientScope,
 ) -> Result<Job, ApiError> {
-    let mut types = if request.types.is_empty() {
-        svc.source().resource_types().await.map_err(|e| {
-            ApiError::Unavailable(format!("could not list the source's resource types: {e}"))
-        })?
-    } else {
-        request.types.clone()
-    };
-    let mut referenced_types = Vec::new();
-    if scope.is_compartment() {
-        referenced_types = types
-            .iter()
-            .filter(|t| is_referenced_type(t))
-            .cloned()
-            .collect();
-        if request.types.is_empty() {
-            // By default every referenced type the source holds and the
-            // caller may read (types already reflects the scopes).
-            referenced_types = REFERENCED_TYPES
-                .iter()
-                .map(|t| t.to_string())
-                .filter(|t| types.contains(t))
-                .collect();
-        }
-        types.retain(|t| compartment_type(t));
-        if types.is_empty() {
-            // Nothing exported from the compartment references anything.
-            referenced_types.clear();
-        }
-    }
+    let types = export_types(svc, &request).await?;
+    let (types, referenced_types) = split_referenced(types, &request, &scope);
 
     let admission = admit(svc, owner).await?;
     let job_id = new_job_id();
     let now = now_millis();
-    let container = match &request.container {
-        Some(c) => c.clone(),
-        None => format!(
-            "export-{:04}{:02}{:02}t{:02}{:02}{:02}",
-            now.year(),
-            now.month() as u8,
-            now.day(),
-            now.hour(),
-            now.minute(),
-            now.second()
-        ),
-    };
-    let folder = format!("{container}/{job_id}");
+    let folder = format!("{}/{job_id}", container_name(&request, now));
     let mut chains = plan_chains(svc, &job_id, &types, &scope);
-    for t in &referenced_types {
-        let mut chain = new_chain(&job_id, &format!("referenced.{t}"), t);
-        chain.referenced = true;
-        chain.state = ChainState::Waiting;
-        chains.push(chain);
-    }
+    chains.extend(referenced_chains(&job_id, &referenced_types));
     let mut job = Job {
         id: job_id.clone(),
         owner: owner.to_string(),
@@ -276,6 +233,93 @@ pub async fn start_export(
         .await
         .map_err(|e| ApiError::Unavailable(format!("could not store the job: {e}")))?;
     job.version = 0;
+    start_chains(svc, &job, &chains).await;
+    tracing::info!(job_id = %job.id, chains = chains.len(), "export accepted");
+    Ok(job)
+}
+
+/// The types an export covers: those requested, or without `_type` every
+/// type the source holds.
+async fn export_types(
+    svc: &impl ReadSource,
+    request: &ExportRequest,
+) -> Result<Vec<String>, ApiError> {
+    if request.types.is_empty() {
+        svc.source().resource_types().await.map_err(|e| {
+            ApiError::Unavailable(format!("could not list the source's resource types: {e}"))
+        })
+    } else {
+        Ok(request.types.clone())
+    }
+}
+
+/// Splits a compartment export's types into those read from the compartment
+/// and the referenced types, which are read afterwards by the ids the
+/// compartment's resources point to: `(compartment, referenced)`.
+fn split_referenced(
+    mut types: Vec<String>,
+    request: &ExportRequest,
+    scope: &PatientScope,
+) -> (Vec<String>, Vec<String>) {
+    let mut referenced_types = Vec::new();
+    if scope.is_compartment() {
+        referenced_types = types
+            .iter()
+            .filter(|t| is_referenced_type(t))
+            .cloned()
+            .collect();
+        if request.types.is_empty() {
+            // By default every referenced type the source holds and the
+            // caller may read (types already reflects the scopes).
+            referenced_types = REFERENCED_TYPES
+                .iter()
+                .map(|t| t.to_string())
+                .filter(|t| types.contains(t))
+                .collect();
+        }
+        types.retain(|t| compartment_type(t));
+        if types.is_empty() {
+            // Nothing exported from the compartment references anything.
+            referenced_types.clear();
+        }
+    }
+    (types, referenced_types)
+}
+
+/// The output container: `_container`, else one named after the kick-off
+/// time.
+fn container_name(request: &ExportRequest, now: OffsetDateTime) -> String {
+    match &request.container {
+        Some(c) => c.clone(),
+        None => format!(
+            "export-{:04}{:02}{:02}t{:02}{:02}{:02}",
+            now.year(),
+            now.month() as u8,
+            now.day(),
+            now.hour(),
+            now.minute(),
+            now.second()
+        ),
+    }
+}
+
+/// One chain per referenced type, waiting until every compartment chain has
+/// finished (they record the references it reads).
+fn referenced_chains(job_id: &str, referenced_types: &[String]) -> Vec<crate::model::Chain> {
+    referenced_types
+        .iter()
+        .map(|t| {
+            let mut chain = new_chain(job_id, &format!("referenced.{t}"), t);
+            chain.referenced = true;
+            chain.state = ChainState::Waiting;
+            chain
+        })
+        .collect()
+}
+
+/// Schedules the first step of each running chain of a running job (a
+/// queued job's chains start when admission lets it run).
+async fn start_chains(svc: &impl ScheduleSteps, job: &Job, chains: &[crate::model::Chain]) {
     for chain in chains
         .iter()
         .filter(|c| job.status == JobStatus::Running && c.state == ChainState::Running)
@@ -286,6 +330,4 @@ pub async fn start_export(
             tracing::error!(job_id = %job.id, chain = %chain.chain_id, error = %e, "could not start chain");
         }
     }
-    tracing::info!(job_id = %job.id, chains = chains.len(), "export accepted");
-    Ok(job)
 }

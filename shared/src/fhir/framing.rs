@@ -142,83 +142,120 @@ pub fn frame_search_bundle(body: &[u8], resource_type: &str) -> Result<FramedPag
             page.next = next_link(s)?;
             Ok(())
         }
-        "entry" => s.array(|s| {
-            let mut resource: Option<(usize, usize, bool)> = None;
-            let mut head_ok = false;
-            let mut is_match = true;
-            s.object(|s, key| match key {
-                "resource" => {
-                    if resource.is_some() {
-                        return Err(ScanError::Syntax);
-                    }
-                    s.peek();
-                    let start = s.i;
-                    s.newline = false;
-                    let (mut ty, mut has_id) = (None, false);
-                    s.object(|s, key| match key {
-                        "resourceType" => {
-                            ty = Some(s.string_value()?);
-                            Ok(())
-                        }
-                        "id" => {
-                            has_id = true;
-                            s.string().map(|_| ())
-                        }
-                        _ => s.skip_value(),
-                    })?;
-                    head_ok = has_id && ty.as_deref() == Some(resource_type);
-                    resource = Some((start, s.i, s.newline));
-                    Ok(())
-                }
-                "search" => s.object(|s, key| match key {
-                    "mode" => {
-                        is_match = s.string_value()? == "match";
-                        Ok(())
-                    }
-                    _ => s.skip_value(),
-                }),
-                _ => s.skip_value(),
-            })?;
-            let Some((start, end, newline)) = resource else {
-                return Ok(());
-            };
-            if !is_match {
-                return Ok(());
-            }
-            if !head_ok {
-                wrong_type = true;
-                return Ok(());
-            }
-            let raw = &body[start..end];
-            if newline {
-                minify_into(&mut page.ndjson, raw);
-            } else {
-                page.ndjson.extend_from_slice(raw);
-            }
-            page.ndjson.push(b'\n');
-            page.count += 1;
-            Ok(())
-        }),
+        "entry" => s.array(|s| frame_entry(s, body, resource_type, &mut page, &mut wrong_type)),
         _ => s.skip_value(),
     })
     .map_err(not_a_bundle)?;
     if !s.at_end() {
         return Err(not_a_bundle(ScanError::Syntax));
     }
-    match bundle_type.as_deref() {
-        Some("Bundle") => {}
-        Some(other) => {
-            return Err(FrameError::NotABundle(format!(
-                "resourceType is {}",
-                other.chars().take(40).collect::<String>()
-            )));
-        }
-        None => return Err(FrameError::NotABundle("no resourceType".into())),
-    }
+    check_bundle_type(bundle_type.as_deref())?;
     if wrong_type {
         return Err(FrameError::WrongType(resource_type.into()));
     }
     Ok(page)
+}
+
+/// Where an entry's resource lies in the body, and whether it is what the
+/// search asked for.
+struct EntryResource {
+    start: usize,
+    end: usize,
+    /// Its whitespace holds a line break, so it must be re-minified.
+    newline: bool,
+    /// It is a `resource_type` with an id.
+    head_ok: bool,
+}
+
+/// Frames one `entry`: a `match` entry's resource becomes one line, other
+/// entries (`include`, `outcome`) are only checked. A `match` entry of the
+/// wrong type sets `wrong_type`: the page fails once its syntax is checked.
+#[inline]
+fn frame_entry(
+    s: &mut Scan<'_>,
+    body: &[u8],
+    resource_type: &str,
+    page: &mut FramedPage,
+    wrong_type: &mut bool,
+) -> Result<(), ScanError> {
+    let mut resource: Option<EntryResource> = None;
+    let mut is_match = true;
+    s.object(|s, key| match key {
+        "resource" => {
+            if resource.is_some() {
+                return Err(ScanError::Syntax);
+            }
+            resource = Some(scan_resource(s, resource_type)?);
+            Ok(())
+        }
+        "search" => s.object(|s, key| match key {
+            "mode" => {
+                is_match = s.string_value()? == "match";
+                Ok(())
+            }
+            _ => s.skip_value(),
+        }),
+        _ => s.skip_value(),
+    })?;
+    let Some(resource) = resource else {
+        return Ok(());
+    };
+    if !is_match {
+        return Ok(());
+    }
+    if !resource.head_ok {
+        *wrong_type = true;
+        return Ok(());
+    }
+    let raw = &body[resource.start..resource.end];
+    if resource.newline {
+        minify_into(&mut page.ndjson, raw);
+    } else {
+        page.ndjson.extend_from_slice(raw);
+    }
+    page.ndjson.push(b'\n');
+    page.count += 1;
+    Ok(())
+}
+
+/// Scans an entry's `resource`, reading only its `resourceType` and whether
+/// it has an `id`: the bytes are copied from the body, never rebuilt.
+#[inline]
+fn scan_resource(s: &mut Scan<'_>, resource_type: &str) -> Result<EntryResource, ScanError> {
+    s.peek();
+    let start = s.i;
+    s.newline = false;
+    let (mut ty, mut has_id) = (None, false);
+    s.object(|s, key| match key {
+        "resourceType" => {
+            ty = Some(s.string_value()?);
+            Ok(())
+        }
+        "id" => {
+            has_id = true;
+            s.string().map(|_| ())
+        }
+        _ => s.skip_value(),
+    })?;
+    Ok(EntryResource {
+        start,
+        end: s.i,
+        newline: s.newline,
+        head_ok: has_id && ty.as_deref() == Some(resource_type),
+    })
+}
+
+/// A body that scans as JSON is still no search page unless it is a Bundle
+/// (an OperationOutcome or another resource sent with status 200).
+fn check_bundle_type(bundle_type: Option<&str>) -> Result<(), FrameError> {
+    match bundle_type {
+        Some("Bundle") => Ok(()),
+        Some(other) => Err(FrameError::NotABundle(format!(
+            "resourceType is {}",
+            other.chars().take(40).collect::<String>()
+        ))),
+        None => Err(FrameError::NotABundle("no resourceType".into())),
+    }
 }
 
 /// Names a JSON error's category without quoting the offending content.

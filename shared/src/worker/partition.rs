@@ -133,9 +133,48 @@ pub async fn split_chain(
     svc: &(impl ReadSource + ScheduleSteps + Settings + WriteChains),
     job: &Job,
     mut chain: Chain,
-    (since, until): (Option<OffsetDateTime>, OffsetDateTime),
+    window: (Option<OffsetDateTime>, OffsetDateTime),
     total: u64,
 ) -> Result<StepOutcome, StepError> {
+    let ranges = plan_partitions(svc, job, &chain, window, total).await;
+    if let Some(first) = ranges.first().filter(|_| ranges.len() > 1) {
+        chain.partition = Some(first.partition(false));
+        chain.total = Some(first.count);
+    } else {
+        // Nothing to split: mark the chain so the next step does not probe again.
+        chain.partition = Some(crate::model::Partition {
+            after: None,
+            upto: None,
+        });
+        chain.total = Some(total);
+    }
+    let siblings = sibling_chains(job, &chain, &ranges);
+    chain.step += 1;
+    chain.heartbeat = unix_now();
+    if !won(svc
+        .chains()
+        .split_chain(&mut chain, &siblings, job.expires_at)
+        .await)?
+    {
+        return Ok(StepOutcome::Stale);
+    }
+    tracing::info!(job_id = %job.id, chain = %chain.chain_id, partitions = siblings.len() + 1, "type split into partitions");
+    for c in siblings.iter().chain(std::iter::once(&chain)) {
+        svc.continuation().schedule(c.event()).await?;
+    }
+    Ok(StepOutcome::Continued)
+}
+
+/// Plans the chain's partitions with count probes against the source; no
+/// ranges when the probes fail, as exporting as one chain is slower, never
+/// wrong.
+async fn plan_partitions(
+    svc: &(impl ReadSource + Settings),
+    job: &Job,
+    chain: &Chain,
+    (since, until): (Option<OffsetDateTime>, OffsetDateTime),
+    total: u64,
+) -> Vec<Range> {
     let cfg = &svc.config();
     let ty = chain.resource_type.clone();
     let scope = job.scope.clone();
@@ -159,7 +198,7 @@ pub async fn split_chain(
             })
         }
     };
-    let ranges = match plan(
+    match plan(
         since,
         until,
         total,
@@ -175,20 +214,14 @@ pub async fn split_chain(
             tracing::warn!(job_id = %job.id, chain = %chain.chain_id, error = %e, "partition probes failed; one chain");
             vec![]
         }
-    };
-    let last = ranges.len().saturating_sub(1);
-    if let Some(first) = ranges.first().filter(|_| ranges.len() > 1) {
-        chain.partition = Some(first.partition(false));
-        chain.total = Some(first.count);
-    } else {
-        // Nothing to split: mark the chain so the next step does not probe again.
-        chain.partition = Some(crate::model::Partition {
-            after: None,
-            upto: None,
-        });
-        chain.total = Some(total);
     }
-    let siblings: Vec<Chain> = ranges
+}
+
+/// The chains of every range but the first (which the splitting chain
+/// keeps), named after it so a retried split creates the same ones.
+fn sibling_chains(job: &Job, chain: &Chain, ranges: &[Range]) -> Vec<Chain> {
+    let last = ranges.len().saturating_sub(1);
+    ranges
         .iter()
         .enumerate()
         .skip(1)
@@ -202,21 +235,7 @@ pub async fn split_chain(
             c.total = Some(r.count);
             c
         })
-        .collect();
-    chain.step += 1;
-    chain.heartbeat = unix_now();
-    if !won(svc
-        .chains()
-        .split_chain(&mut chain, &siblings, job.expires_at)
-        .await)?
-    {
-        return Ok(StepOutcome::Stale);
-    }
-    tracing::info!(job_id = %job.id, chain = %chain.chain_id, partitions = siblings.len() + 1, "type split into partitions");
-    for c in siblings.iter().chain(std::iter::once(&chain)) {
-        svc.continuation().schedule(c.event()).await?;
-    }
-    Ok(StepOutcome::Continued)
+        .collect()
 }
 
 #[cfg(test)]

@@ -10,9 +10,10 @@ use crate::model::effective_until;
 use crate::model::{Chain, ChainState, Job, JobStatus, StepEvent};
 use crate::ports::job_store::won;
 use crate::ports::services::{
-    LifecycleServices, ReadJobs, ScheduleSteps, StepServices, StoreObjects, WriteChains,
+    LifecycleServices, ReadJobs, ReadSource, ScheduleSteps, Settings, StepServices, StoreObjects,
+    WriteChains,
 };
-use crate::ports::source::SourceError;
+use crate::ports::source::{Page, SourceError};
 use crate::worker::file_closing::Closing;
 use crate::worker::lifecycle::{cancel_chain, fail_chain};
 use crate::worker::outcome::{StepError, StepOutcome};
@@ -194,30 +195,56 @@ async fn fail_after(
 async fn export_parts(
     svc: &impl StepServices,
     job: Job,
-    mut chain: Chain,
+    chain: Chain,
     deadline: Option<Instant>,
     committed: &mut u64,
 ) -> Result<StepOutcome, StepError> {
-    let cfg = &svc.config();
-    let (since, until) = chain_window(&job, &chain);
-    let filters: Vec<TypeFilter> = job
-        .request
+    let window = chain_window(&job, &chain);
+    let filters = chain_filters(&job, &chain);
+    let query = page_query(svc, &job, &chain, window, &filters);
+    let total = chain_total(svc, &chain, &query).await;
+    if let Some(total) = partition_total(svc, &chain, &filters, total) {
+        return crate::worker::partition::split_chain(svc, &job, chain, window, total).await;
+    }
+    PartsRun::new(svc, job, chain, deadline, committed, query, total)
+        .run()
+        .await
+}
+
+/// The job's `_typeFilter` queries that apply to this chain's type.
+fn chain_filters(job: &Job, chain: &Chain) -> Vec<TypeFilter> {
+    job.request
         .type_filters
         .iter()
         .filter(|f| f.resource_type == chain.resource_type)
         .cloned()
-        .collect();
-    let resource_type = chain.resource_type.clone();
-    let query = PageQuery {
+        .collect()
+}
+
+/// The query every page of this step shares, owned so a page can be fetched
+/// on its own task.
+fn page_query(
+    svc: &(impl ReadSource + Settings),
+    job: &Job,
+    chain: &Chain,
+    window: (Option<OffsetDateTime>, OffsetDateTime),
+    filters: &[TypeFilter],
+) -> PageQuery {
+    PageQuery {
         source: svc.source().clone(),
-        resource_type: Arc::from(resource_type.as_str()),
-        window: (since, until),
-        filters: Arc::from(filters.as_slice()),
-        page_size: cfg.page_size,
+        resource_type: Arc::from(chain.resource_type.as_str()),
+        window,
+        filters: Arc::from(filters),
+        page_size: svc.config().page_size,
         scope: Arc::new(job.scope.clone()),
         batch: chain.batch.as_deref().map(Arc::from),
-    };
-    let total = if chain.step == 0 && chain.total.is_none() && !chain.referenced {
+    }
+}
+
+/// The chain's resource count: estimated by the source on a chain's first
+/// step (it decides partitioning and shows progress), then the committed one.
+async fn chain_total(svc: &impl ReadSource, chain: &Chain, query: &PageQuery) -> Option<u64> {
+    if chain.step == 0 && chain.total.is_none() && !chain.referenced {
         svc.source()
             .estimate(&query.request(None, 0))
             .await
@@ -225,7 +252,19 @@ async fn export_parts(
             .flatten()
     } else {
         chain.total
-    };
+    }
+}
+
+/// The total to split by when this chain should be split into `_lastUpdated`
+/// partitions: only a fresh, unpartitioned, unfiltered chain of a large type
+/// whose source can count time ranges, so a split is never attempted twice.
+fn partition_total(
+    svc: &(impl ReadSource + Settings),
+    chain: &Chain,
+    filters: &[TypeFilter],
+    total: Option<u64>,
+) -> Option<u64> {
+    let cfg = svc.config();
     if chain.step == 0
         && chain.cursor.is_none()
         && chain.partition.is_none()
@@ -236,253 +275,424 @@ async fn export_parts(
         && svc.source().supports_time_partitions()
         && let Some(total) = total.filter(|t| *t > cfg.partition_target)
     {
-        return crate::worker::partition::split_chain(svc, &job, chain, (since, until), total)
-            .await;
+        return Some(total);
+    }
+    None
+}
+
+/// How reading one part's pages ended.
+enum PartRead {
+    /// The part is read (it may be empty). `oversized`: a resource did not
+    /// fit the open file's room, so it starts a new file.
+    Read { data: PartData, oversized: bool },
+    /// A part committed meanwhile ended the step with this outcome.
+    Ended(StepOutcome),
+    /// The source failed: the chain fails, after the part in flight commits.
+    Failed(SourceError),
+}
+
+/// One invocation's parts of one chain, pipelined: while part k uploads on
+/// its own task, part k+1's pages are read (the next page is always fetched
+/// while the current one is copied); part k is committed as soon as its
+/// upload is done, and always before part k+1 starts uploading. A crash
+/// loses at most the two parts in memory, which the retry reads again.
+struct PartsRun<'a, S> {
+    svc: &'a S,
+    job: Job,
+    chain: Chain,
+    deadline: Option<Instant>,
+    /// The step committed so far (a hand-over after a failure needs it).
+    committed: &'a mut u64,
+    query: PageQuery,
+    total: Option<u64>,
+    /// The next page to export, fetched on its own task.
+    prefetched: Option<Prefetch>,
+    /// The part uploading, committed once its upload is done.
+    pending: Option<PendingPart>,
+    parts_started: usize,
+    /// A full file completing on its own task while the next one fills.
+    closing: Option<Closing>,
+    /// Whether the source may be promised read-ahead (see `read_ahead_below`).
+    reads_ahead: bool,
+}
+
+impl<'a, S: StepServices> PartsRun<'a, S> {
+    fn new(
+        svc: &'a S,
+        job: Job,
+        chain: Chain,
+        deadline: Option<Instant>,
+        committed: &'a mut u64,
+        query: PageQuery,
+        total: Option<u64>,
+    ) -> Self {
+        // A file left closing by an earlier invocation is completed again
+        // (completion is idempotent), alongside this step's pages.
+        let closing = chain
+            .closing
+            .clone()
+            .map(|file| Closing::start(svc, &job, &chain.resource_type, file));
+        let reads_ahead = !chain.referenced;
+        Self {
+            svc,
+            job,
+            chain,
+            deadline,
+            committed,
+            query,
+            total,
+            prefetched: None,
+            pending: None,
+            parts_started: 0,
+            closing,
+            reads_ahead,
+        }
     }
 
-    // Several parts per invocation, pipelined: while part k uploads on its
-    // own task, part k+1's pages are read (the next page is always fetched
-    // while the current one is copied); part k is committed as soon as its
-    // upload is done, and always before part k+1 starts uploading. A crash
-    // loses at most the two parts in memory, which the retry reads again.
-    let mut prefetched: Option<Prefetch> = None;
-    let mut pending: Option<PendingPart> = None;
-    let mut parts_started = 0usize;
-    // A file left closing by an earlier invocation is completed again
-    // (completion is idempotent), alongside this step's pages.
-    let mut closing: Option<Closing> = chain
-        .closing
-        .clone()
-        .map(|file| Closing::start(svc, &job, &chain.resource_type, file));
-    // What the loop promises the source: it reads past a page whose body
-    // leaves the part under `part_size` (the open file always has at least
-    // that much room), so the source may request the following page early.
-    let reads_ahead = !chain.referenced;
-    let read_ahead_below = |after: usize| {
-        let near_deadline = deadline.is_some_and(|d| Instant::now() + 2 * DEADLINE_RESERVE >= d);
-        if reads_ahead && !near_deadline {
-            cfg.part_size.saturating_sub(after)
-        } else {
-            0
+    /// Reads, uploads and commits parts until the invocation hands over.
+    async fn run(mut self) -> Result<StepOutcome, StepError> {
+        loop {
+            let (roll, room) = self.room();
+            let (part, oversized) = match self.read_part(room).await? {
+                PartRead::Read { data, oversized } => (data, oversized),
+                PartRead::Ended(out) => return Ok(out),
+                PartRead::Failed(e) => return self.fail(&e).await,
+            };
+            let another_part = self.another_part_fits();
+            self.prefetch_next_part(another_part, &part);
+            // Parts are committed in order: the previous one first.
+            if let Some(out) = self.commit_pending().await? {
+                return Ok(out);
+            }
+            if roll || oversized {
+                self.close_open_file().await?;
+            }
+            let exhausted = part.exhausted;
+            // A part under 5 MiB ends its file, so it is committed right away.
+            let short = !part.buf.is_empty() && part.buf.len() < MIN_PART_SIZE;
+            if !self.start_part(part).await? {
+                return Ok(StepOutcome::Stale);
+            }
+            if another_part && !exhausted && !short {
+                match self.svc.jobs().get_job(&self.job.id).await? {
+                    Some(j) if j.status == JobStatus::Cancelled => {
+                        // Dropping the pending part stops its upload.
+                        self.pending = None;
+                        return cancel_chain(self.svc, &j, self.chain).await;
+                    }
+                    Some(_) => continue,
+                    None => return Ok(StepOutcome::Stale),
+                }
+            }
+            return self.hand_over(exhausted).await;
         }
-    };
-    loop {
-        let file_bytes = chain.open_file.as_ref().map_or(0, |o| o.bytes)
-            + pending.as_ref().map_or(0, PendingPart::bytes);
+    }
+
+    /// Whether the open file rolls before the next part (a file never grows
+    /// past the limit), and the room the part may fill.
+    fn room(&self) -> (bool, usize) {
+        let cfg = self.svc.config();
+        let file_bytes = self.chain.open_file.as_ref().map_or(0, |o| o.bytes)
+            + self.pending.as_ref().map_or(0, PendingPart::bytes);
         // Roll before appending: a file never grows past the limit.
-        let roll =
-            chain.open_file.is_some() && file_bytes as usize + cfg.part_size > cfg.max_file_size;
+        let roll = self.chain.open_file.is_some()
+            && file_bytes as usize + cfg.part_size > cfg.max_file_size;
         let room = if roll {
             cfg.max_file_size
         } else {
             cfg.max_file_size.saturating_sub(file_bytes as usize)
         };
-        // A resource that does not fit the open file's room starts a new file.
-        let mut oversized = false;
+        (roll, room)
+    }
 
-        let mut buf: Vec<u8> = Vec::with_capacity(cfg.part_size + cfg.part_size / 4);
-        let mut count = 0u64;
-        let (mut cursor, mut skip) = match &pending {
+    /// Pulls source pages into one part until it is full, the page does not
+    /// fit the room, the source is exhausted or the deadline nears.
+    async fn read_part(&mut self, room: usize) -> Result<PartRead, StepError> {
+        let cfg = self.svc.config();
+        let (cursor, skip) = match &self.pending {
             Some(p) => p.position(),
-            None => (chain.cursor.clone(), chain.skip),
+            None => (self.chain.cursor.clone(), self.chain.skip),
         };
-        let mut exhausted = false;
-        let mut visited: Vec<u64> = Vec::new();
+        let mut part = PartData {
+            buf: Vec::with_capacity(cfg.part_size + cfg.part_size / 4),
+            count: 0,
+            cursor,
+            skip,
+            visited: Vec::new(),
+            exhausted: false,
+        };
         for _ in 0..MAX_PAGES_PER_STEP {
-            let fetched = if let Some(p) = prefetched.take() {
-                p.page().await
-            } else if chain.referenced {
-                crate::worker::referenced::fetch_page(svc, &job, &resource_type, cursor.as_deref())
-                    .await
-            } else {
-                query
-                    .fetch(cursor.as_deref(), read_ahead_below(buf.len()))
-                    .await
-            };
-            let page = match fetched {
+            let page = match self.next_page(part.cursor.as_deref(), part.buf.len()).await {
                 Ok(p) => p,
-                Err(e) => {
-                    return fail_after(svc, &job, chain, &mut pending, total, committed, &e).await;
-                }
+                Err(e) => return Ok(PartRead::Failed(e)),
             };
-            let start = offset_after_lines(&page.ndjson, skip);
+            let start = offset_after_lines(&page.ndjson, part.skip);
             let data = &page.ndjson[start..];
-            let lines = page.count.saturating_sub(skip);
-            // The loop goes on after this page exactly when it fits whole and the
-            // part is not full yet: fetch the next one meanwhile.
-            let after = buf.len() + data.len();
-            if !chain.referenced
-                && after <= room
-                && after < cfg.part_size
-                && deadline.is_none_or(|d| Instant::now() + DEADLINE_RESERVE < d)
-                && let Some(next) = &page.next
-            {
-                prefetched = Some(query.spawn(next.clone(), read_ahead_below(after)));
+            let lines = page.count.saturating_sub(part.skip);
+            self.prefetch_following(&page, part.buf.len() + data.len(), room);
+            if let Some(out) = self.catch_up().await? {
+                return Ok(PartRead::Ended(out));
             }
-            // The previous part is committed as soon as its upload is done,
-            // while the next page is on its way.
-            if pending.as_ref().is_some_and(PendingPart::is_uploaded)
-                && let Some(out) =
-                    settle(svc, &job, &mut chain, &mut pending, total, committed).await?
-            {
-                return Ok(out);
+            if part.buf.len() + data.len() > room {
+                return Ok(self.take_fitting(part, data, room));
             }
-            if closing.as_ref().is_some_and(Closing::is_done)
-                && let Some(c) = closing.take()
-            {
-                c.finish(&mut chain).await?;
+            part.buf.extend_from_slice(data);
+            part.count += lines;
+            part.skip = 0;
+            let Some(next) = page.next else {
+                part.exhausted = true;
+                break;
+            };
+            // A `next` link that returns to any earlier page would loop forever.
+            let h = fnv1a(next.as_bytes());
+            if self.loops_back(&part.visited, h) {
+                return Ok(PartRead::Failed(SourceError::Permanent(
+                    "upstream next link loops back to an earlier page".into(),
+                )));
             }
-            if buf.len() + data.len() <= room {
-                buf.extend_from_slice(data);
-                count += lines;
-                skip = 0;
-                match page.next {
-                    Some(next) => {
-                        // A `next` link that returns to any earlier page would loop forever.
-                        let h = fnv1a(next.as_bytes());
-                        if chain.visited.contains(&h)
-                            || visited.contains(&h)
-                            || pending.as_ref().is_some_and(|p| p.visited(h))
-                        {
-                            let e = SourceError::Permanent(
-                                "upstream next link loops back to an earlier page".into(),
-                            );
-                            return fail_after(
-                                svc,
-                                &job,
-                                chain,
-                                &mut pending,
-                                total,
-                                committed,
-                                &e,
-                            )
-                            .await;
-                        }
-                        visited.push(h);
-                        cursor = Some(next);
-                    }
-                    None => {
-                        exhausted = true;
-                        break;
-                    }
-                }
-            } else {
-                // Take the lines that fit; the rest of this page starts the next part.
-                let mut take = 0u64;
-                let mut end = 0usize;
-                for (i, b) in data.iter().enumerate() {
-                    if *b == b'\n' {
-                        if buf.len() + i + 1 > room {
-                            break;
-                        }
-                        take += 1;
-                        end = i + 1;
-                    }
-                }
-                if take == 0 && buf.is_empty() {
-                    if room < cfg.max_file_size {
-                        oversized = true;
-                        break;
-                    }
-                    let e = SourceError::Permanent(format!(
-                        "a {} resource is larger than the file size limit",
-                        chain.resource_type
-                    ));
-                    return fail_after(svc, &job, chain, &mut pending, total, committed, &e).await;
-                }
-                buf.extend_from_slice(&data[..end]);
-                count += take;
-                skip += take;
+            part.visited.push(h);
+            part.cursor = Some(next);
+            if part.buf.len() >= cfg.part_size {
                 break;
             }
-            if buf.len() >= cfg.part_size {
-                break;
-            }
-            if deadline.is_some_and(|d| Instant::now() + DEADLINE_RESERVE >= d) {
+            if self
+                .deadline
+                .is_some_and(|d| Instant::now() + DEADLINE_RESERVE >= d)
+            {
                 break;
             }
         }
+        Ok(PartRead::Read {
+            data: part,
+            oversized: false,
+        })
+    }
 
-        // A fetch still in flight is for `cursor`, the next page to export. Start
-        // one if the next part will run in this invocation.
-        let another_part = parts_started + 1 < cfg.parts_per_invocation
-            && deadline.is_none_or(|d| Instant::now() + 2 * DEADLINE_RESERVE < d);
+    /// The page at `cursor`: the one fetched on its own task if there is one
+    /// (a fetch in flight is always for `cursor`).
+    async fn next_page(
+        &mut self,
+        cursor: Option<&str>,
+        buffered: usize,
+    ) -> Result<Page, SourceError> {
+        if let Some(p) = self.prefetched.take() {
+            p.page().await
+        } else if self.chain.referenced {
+            crate::worker::referenced::fetch_page(
+                self.svc,
+                &self.job,
+                &self.chain.resource_type,
+                cursor,
+            )
+            .await
+        } else {
+            self.query
+                .fetch(cursor, self.read_ahead_below(buffered))
+                .await
+        }
+    }
+
+    /// The loop goes on after this page exactly when it fits whole and the
+    /// part is not full yet: fetch the next one meanwhile.
+    fn prefetch_following(&mut self, page: &Page, after: usize, room: usize) {
+        if !self.chain.referenced
+            && after <= room
+            && after < self.svc.config().part_size
+            && self
+                .deadline
+                .is_none_or(|d| Instant::now() + DEADLINE_RESERVE < d)
+            && let Some(next) = &page.next
+        {
+            self.prefetched = Some(self.query.spawn(next.clone(), self.read_ahead_below(after)));
+        }
+    }
+
+    /// The previous part is committed as soon as its upload is done, and a
+    /// closing file finished as soon as it is complete, while the next page
+    /// is on its way. `Some` ends the step with that outcome.
+    async fn catch_up(&mut self) -> Result<Option<StepOutcome>, StepError> {
+        if self.pending.as_ref().is_some_and(PendingPart::is_uploaded)
+            && let Some(out) = self.commit_pending().await?
+        {
+            return Ok(Some(out));
+        }
+        if self.closing.as_ref().is_some_and(Closing::is_done) {
+            self.finish_closing().await?;
+        }
+        Ok(None)
+    }
+
+    /// Whether the `next` link hashed to `h` returns to a page this chain
+    /// has already followed.
+    fn loops_back(&self, visited: &[u64], h: u64) -> bool {
+        self.chain.visited.contains(&h)
+            || visited.contains(&h)
+            || self.pending.as_ref().is_some_and(|p| p.visited(h))
+    }
+
+    /// Takes the lines of a page that fit the room; the rest of the page
+    /// starts the next part. A resource that fits no file fails the chain.
+    fn take_fitting(&self, mut part: PartData, data: &[u8], room: usize) -> PartRead {
+        let (take, end) = lines_that_fit(data, part.buf.len(), room);
+        if take == 0 && part.buf.is_empty() {
+            if room < self.svc.config().max_file_size {
+                return PartRead::Read {
+                    data: part,
+                    oversized: true,
+                };
+            }
+            return PartRead::Failed(SourceError::Permanent(format!(
+                "a {} resource is larger than the file size limit",
+                self.chain.resource_type
+            )));
+        }
+        part.buf.extend_from_slice(&data[..end]);
+        part.count += take;
+        part.skip += take;
+        PartRead::Read {
+            data: part,
+            oversized: false,
+        }
+    }
+
+    /// What the step promises the source: it reads past a page whose body
+    /// leaves the part under `part_size` (the open file always has at least
+    /// that much room), so the source may request the following page early.
+    fn read_ahead_below(&self, after: usize) -> usize {
+        let near_deadline = self
+            .deadline
+            .is_some_and(|d| Instant::now() + 2 * DEADLINE_RESERVE >= d);
+        if self.reads_ahead && !near_deadline {
+            self.svc.config().part_size.saturating_sub(after)
+        } else {
+            0
+        }
+    }
+
+    /// Whether the next part will run in this invocation.
+    fn another_part_fits(&self) -> bool {
+        self.parts_started + 1 < self.svc.config().parts_per_invocation
+            && self
+                .deadline
+                .is_none_or(|d| Instant::now() + 2 * DEADLINE_RESERVE < d)
+    }
+
+    /// A fetch still in flight is for the part's cursor, the next page to
+    /// export. Start one if the next part will run in this invocation.
+    fn prefetch_next_part(&mut self, another_part: bool, part: &PartData) {
         if another_part
-            && !exhausted
-            && prefetched.is_none()
-            && !chain.referenced
-            && let Some(c) = &cursor
+            && !part.exhausted
+            && self.prefetched.is_none()
+            && !self.chain.referenced
+            && let Some(c) = &part.cursor
         {
-            prefetched = Some(query.spawn(c.clone(), read_ahead_below(0)));
+            self.prefetched = Some(self.query.spawn(c.clone(), self.read_ahead_below(0)));
         }
+    }
 
-        // Parts are committed in order: the previous one first.
-        if let Some(out) = settle(svc, &job, &mut chain, &mut pending, total, committed).await? {
-            return Ok(out);
+    /// The full file completes on its own task while the next one fills; the
+    /// chain keeps it as `closing` until it is recorded.
+    async fn close_open_file(&mut self) -> Result<(), StepError> {
+        if let Some(open) = self.chain.open_file.take() {
+            self.finish_closing().await?;
+            self.chain.closing = Some(open.clone());
+            self.closing = Some(Closing::start(
+                self.svc,
+                &self.job,
+                &self.chain.resource_type,
+                open,
+            ));
         }
-        if (roll || oversized)
-            && let Some(open) = chain.open_file.take()
-        {
-            // The full file completes on its own task while the next one
-            // fills; the chain keeps it as `closing` until it is recorded.
-            if let Some(c) = closing.take() {
-                c.finish(&mut chain).await?;
-            }
-            chain.closing = Some(open.clone());
-            closing = Some(Closing::start(svc, &job, &chain.resource_type, open));
-        }
+        Ok(())
+    }
 
+    /// Records the part's references, opens a file for it if it has bytes
+    /// and none is open, and starts its upload; false if the chain moved on.
+    async fn start_part(&mut self, part: PartData) -> Result<bool, StepError> {
         // Before anything of this part is committed, so a committed step's
         // references are always on record.
-        crate::worker::referenced::record_step(svc, &job, &chain, &buf).await?;
+        crate::worker::referenced::record_step(self.svc, &self.job, &self.chain, &part.buf).await?;
+        if !part.buf.is_empty()
+            && self.chain.open_file.is_none()
+            && !part_writer::open_new_file(self.svc, &self.job, &mut self.chain).await?
+        {
+            return Ok(false);
+        }
+        self.pending = Some(PendingPart::start(
+            self.svc,
+            self.chain.open_file.as_ref(),
+            part,
+        )?);
+        self.parts_started += 1;
+        Ok(true)
+    }
 
-        if !buf.is_empty()
-            && chain.open_file.is_none()
-            && !part_writer::open_new_file(svc, &job, &mut chain).await?
-        {
-            return Ok(StepOutcome::Stale);
+    /// Commits the last part and hands the chain to the next step. A chain
+    /// finishes with no file closing; a hand-over leaves a closing file to
+    /// the next step unless it is done already.
+    async fn hand_over(mut self, exhausted: bool) -> Result<StepOutcome, StepError> {
+        if exhausted || self.closing.as_ref().is_some_and(Closing::is_done) {
+            self.finish_closing().await?;
         }
-        // A part under 5 MiB ends its file, so it is committed right away.
-        let short = !buf.is_empty() && buf.len() < MIN_PART_SIZE;
-        let part = PendingPart::start(
-            svc,
-            chain.open_file.as_ref(),
-            PartData {
-                buf,
-                count,
-                cursor,
-                skip,
-                visited,
-                exhausted,
-            },
-        )?;
-        pending = Some(part);
-        parts_started += 1;
-        if another_part && !exhausted && !short {
-            match svc.jobs().get_job(&job.id).await? {
-                Some(j) if j.status == JobStatus::Cancelled => {
-                    // Dropping the pending part stops its upload.
-                    drop(pending);
-                    return cancel_chain(svc, &j, chain).await;
-                }
-                Some(_) => continue,
-                None => return Ok(StepOutcome::Stale),
-            }
-        }
-        // A chain finishes with no file closing; a hand-over leaves a
-        // closing file to the next step unless it is done already.
-        if (exhausted || closing.as_ref().is_some_and(Closing::is_done))
-            && let Some(c) = closing.take()
-        {
-            c.finish(&mut chain).await?;
-        }
-        if let Some(out) = settle(svc, &job, &mut chain, &mut pending, total, committed).await? {
+        if let Some(out) = self.commit_pending().await? {
             return Ok(out);
         }
-        drop(prefetched);
-        svc.continuation().schedule(chain.event()).await?;
-        return Ok(StepOutcome::Continued);
+        self.prefetched = None;
+        self.svc.continuation().schedule(self.chain.event()).await?;
+        Ok(StepOutcome::Continued)
     }
+
+    /// Ends the chain on a source failure, after committing the part in flight.
+    async fn fail(mut self, err: &SourceError) -> Result<StepOutcome, StepError> {
+        fail_after(
+            self.svc,
+            &self.job,
+            self.chain,
+            &mut self.pending,
+            self.total,
+            self.committed,
+            err,
+        )
+        .await
+    }
+
+    /// Commits the pending part, if any; `Some` ends the step.
+    async fn commit_pending(&mut self) -> Result<Option<StepOutcome>, StepError> {
+        settle(
+            self.svc,
+            &self.job,
+            &mut self.chain,
+            &mut self.pending,
+            self.total,
+            self.committed,
+        )
+        .await
+    }
+
+    /// Waits for the closing file's completion, if one is running.
+    async fn finish_closing(&mut self) -> Result<(), StepError> {
+        if let Some(c) = self.closing.take() {
+            c.finish(&mut self.chain).await?;
+        }
+        Ok(())
+    }
+}
+
+/// The lines at the start of `data` that fit in `room` after `used` bytes:
+/// their count and the byte offset just past them.
+fn lines_that_fit(data: &[u8], used: usize, room: usize) -> (u64, usize) {
+    let mut take = 0u64;
+    let mut end = 0usize;
+    for (i, b) in data.iter().enumerate() {
+        if *b == b'\n' {
+            if used + i + 1 > room {
+                break;
+            }
+            take += 1;
+            end = i + 1;
+        }
+    }
+    (take, end)
 }
 
 /// The `_lastUpdated` window of a chain: the job's, narrowed to the chain's

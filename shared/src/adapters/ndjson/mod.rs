@@ -4,7 +4,7 @@
 
 pub mod location;
 
-use crate::adapters::ndjson::location::{Location, S3Prefix};
+use crate::adapters::ndjson::location::{Location, Opened, S3Prefix};
 use crate::fhir::framing::{minify_into, read_head};
 use crate::fhir::instant::parse_instant;
 use crate::fhir::resource_types::is_resource_type;
@@ -47,6 +47,69 @@ pub fn type_of_file(name: &str) -> Option<&str> {
     is_resource_type(ty).then_some(ty)
 }
 
+/// Reads a `<file index>:<byte offset>` cursor.
+fn parse_cursor(c: &str) -> Result<(usize, u64), SourceError> {
+    c.split_once(':')
+        .and_then(|(f, o)| Some((f.parse().ok()?, o.parse().ok()?)))
+        .ok_or_else(|| SourceError::Permanent("malformed NDJSON cursor".into()))
+}
+
+/// Whether a resource line belongs in the page: it must be a resource of the
+/// requested type (a file of another type's resources is refused, not
+/// skipped), inside the `_lastUpdated` window and, for Patient- and
+/// Group-level exports, in a requested compartment. `offset` is where the
+/// line ends, for the error message.
+fn is_wanted(
+    req: &PageRequest<'_>,
+    line: &[u8],
+    file: &str,
+    offset: u64,
+) -> Result<bool, SourceError> {
+    let head = read_head(line).map_err(|_| {
+        SourceError::Permanent(format!(
+            "{file} line ending at byte {offset} is not a JSON resource"
+        ))
+    })?;
+    if head.resource_type != req.resource_type {
+        return Err(SourceError::Permanent(format!(
+            "a {} file holds a resource of another type",
+            req.resource_type
+        )));
+    }
+    if let Some(lu) = head.meta.as_ref().and_then(|m| m.last_updated) {
+        let Some(t) = parse_instant(lu) else {
+            return Err(SourceError::Permanent(
+                "meta.lastUpdated is not an instant".into(),
+            ));
+        };
+        if req.since.is_some_and(|s| t <= s) || t > req.until {
+            return Ok(false);
+        }
+    }
+    if req.scope.is_compartment() {
+        // Compartment membership needs the reference elements; only
+        // Patient- and Group-level exports pay for this parse.
+        let value: serde_json::Value = serde_json::from_slice(line)
+            .map_err(|_| SourceError::Permanent("resource is not valid JSON".into()))?;
+        if compartment_owner(&value, req.scope).is_none() {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// Appends a resource line to the page as one NDJSON line.
+fn append_line(page: &mut Page, line: &[u8]) {
+    if line.contains(&b'\r') {
+        // A bare CR inside a line would break NDJSON framing downstream.
+        minify_into(&mut page.ndjson, line);
+    } else {
+        page.ndjson.extend_from_slice(line);
+    }
+    page.ndjson.push(b'\n');
+    page.count += 1;
+}
+
 impl NdjsonSource {
     /// A source over the local directory `dir`.
     pub fn new(dir: impl Into<PathBuf>) -> Self {
@@ -72,48 +135,23 @@ impl NdjsonSource {
         let files = self.files_of(req.resource_type)?;
         let (mut file_idx, mut offset) = match req.cursor {
             None => (0usize, 0u64),
-            Some(c) => {
-                let (f, o) = c
-                    .split_once(':')
-                    .and_then(|(f, o)| Some((f.parse().ok()?, o.parse().ok()?)))
-                    .ok_or_else(|| SourceError::Permanent("malformed NDJSON cursor".into()))?;
-                (f, o)
-            }
+            Some(c) => parse_cursor(c)?,
         };
         let mut page = Page::default();
         let mut scanned = 0u64;
         let mut line = Vec::with_capacity(8 * 1024);
         while file_idx < files.len() {
-            let mut opened = self.location.open_at(&files[file_idx], offset)?;
+            let file = &files[file_idx];
+            let mut opened = self.location.open_at(file, offset)?;
             let mut window_start = offset;
             loop {
                 if page.count as usize >= req.page_size || scanned >= MAX_SCAN_BYTES {
                     page.next = Some(format!("{file_idx}:{offset}"));
                     return Ok(page);
                 }
-                line.clear();
-                let n = opened.reader.read_until(b'\n', &mut line).map_err(io_err)? as u64;
+                let n = self.read_line(file, &mut opened, &mut window_start, offset, &mut line)?;
                 if n == 0 {
-                    if opened.window_end.is_some_and(|end| offset >= end) {
-                        // The ranged read ended, not the object.
-                        opened = self.location.open_at(&files[file_idx], offset)?;
-                        window_start = offset;
-                        continue;
-                    }
                     break;
-                }
-                if opened
-                    .window_end
-                    .is_some_and(|end| offset + n >= end && line.last() != Some(&b'\n'))
-                {
-                    // The line runs past a ranged read: re-read it in full.
-                    if offset == window_start {
-                        opened = self.location.open_unbounded(&files[file_idx], offset)?;
-                    } else {
-                        opened = self.location.open_at(&files[file_idx], offset)?;
-                        window_start = offset;
-                    }
-                    continue;
                 }
                 offset += n;
                 scanned += n;
@@ -123,51 +161,57 @@ impl NdjsonSource {
                 if line.iter().all(u8::is_ascii_whitespace) {
                     continue;
                 }
-                let head = read_head(&line).map_err(|_| {
-                    SourceError::Permanent(format!(
-                        "{} line ending at byte {offset} is not a JSON resource",
-                        files[file_idx]
-                    ))
-                })?;
-                if head.resource_type != req.resource_type {
-                    return Err(SourceError::Permanent(format!(
-                        "a {} file holds a resource of another type",
-                        req.resource_type
-                    )));
+                if is_wanted(req, &line, file, offset)? {
+                    append_line(&mut page, &line);
                 }
-                if let Some(lu) = head.meta.as_ref().and_then(|m| m.last_updated) {
-                    let Some(t) = parse_instant(lu) else {
-                        return Err(SourceError::Permanent(
-                            "meta.lastUpdated is not an instant".into(),
-                        ));
-                    };
-                    if req.since.is_some_and(|s| t <= s) || t > req.until {
-                        continue;
-                    }
-                }
-                if req.scope.is_compartment() {
-                    // Compartment membership needs the reference elements; only
-                    // Patient- and Group-level exports pay for this parse.
-                    let value: serde_json::Value = serde_json::from_slice(&line)
-                        .map_err(|_| SourceError::Permanent("resource is not valid JSON".into()))?;
-                    if compartment_owner(&value, req.scope).is_none() {
-                        continue;
-                    }
-                }
-                if line.contains(&b'\r') {
-                    // A bare CR inside a line would break NDJSON framing downstream.
-                    minify_into(&mut page.ndjson, &line);
-                } else {
-                    page.ndjson.extend_from_slice(&line);
-                }
-                page.ndjson.push(b'\n');
-                page.count += 1;
             }
             file_idx += 1;
             offset = 0;
         }
         page.next = None;
         Ok(page)
+    }
+
+    /// Reads the whole line of `file` at `offset` into `line` and returns its
+    /// length in bytes (0 at the end of the file). A ranged read that ends,
+    /// or ends inside the line, is reopened at the line's start (unbounded
+    /// when the line is longer than a whole range), so a cursor always falls
+    /// on a line boundary.
+    fn read_line(
+        &self,
+        file: &str,
+        opened: &mut Opened,
+        window_start: &mut u64,
+        offset: u64,
+        line: &mut Vec<u8>,
+    ) -> Result<u64, SourceError> {
+        loop {
+            line.clear();
+            let n = opened.reader.read_until(b'\n', line).map_err(io_err)? as u64;
+            if n == 0 {
+                if opened.window_end.is_some_and(|end| offset >= end) {
+                    // The ranged read ended, not the object.
+                    *opened = self.location.open_at(file, offset)?;
+                    *window_start = offset;
+                    continue;
+                }
+                return Ok(0);
+            }
+            if opened
+                .window_end
+                .is_some_and(|end| offset + n >= end && line.last() != Some(&b'\n'))
+            {
+                // The line runs past a ranged read: re-read it in full.
+                if offset == *window_start {
+                    *opened = self.location.open_unbounded(file, offset)?;
+                } else {
+                    *opened = self.location.open_at(file, offset)?;
+                    *window_start = offset;
+                }
+                continue;
+            }
+            return Ok(n);
+        }
     }
 
     fn count_lines(&self, resource_type: &str) -> Result<Option<u64>, SourceError> {
