@@ -8,14 +8,16 @@ mod proxy;
 
 use bulk_export::aws_clients::Endpoints;
 use bulk_export::embedded::{LOCAL_ACCESS_KEY, LOCAL_SECRET_KEY, start_dynamodb, start_s3};
-use bulk_export::fixture_server::{FixtureHandle, FixtureOptions, FixtureStats, start_fixture};
-use bulk_export::generate::generate;
 use bulk_export::http_server::{no_auth, serve};
 use bulk_export::stack::{SourceSpec, Stack, StackOptions, build, start};
 use bulk_export_core::config::ExportConfig;
 use bulk_export_core::job::{ChainState, FileKind};
 use bulk_export_core::ndjson_page::frame_search_bundle;
 use bulk_export_core::services::ExportServices;
+use bulk_export_testkit::fixture_server::{
+    FixtureHandle, FixtureOptions, FixtureStats, start_fixture,
+};
+use bulk_export_testkit::generate::generate;
 use clap::Parser;
 use proxy::{Api, Counter, Counts, start_proxy};
 use serde_json::{Value, json};
@@ -419,6 +421,11 @@ async fn export_run(
     Ok(run)
 }
 
+/// The fixture FHIR server over `dir`, its start error as a message.
+async fn serve_fixture(dir: &Path, opts: FixtureOptions) -> Result<FixtureHandle, String> {
+    start_fixture(dir, opts).await.map_err(|e| e.to_string())
+}
+
 /// `--chain-only`: one Observation chain vs the bare client at `--latency-ms`.
 async fn chain_only(
     args: &Args,
@@ -427,7 +434,7 @@ async fn chain_only(
     summary: &Summary,
     page_size: usize,
 ) -> Result<Option<String>, String> {
-    let fixture = start_fixture(
+    let fixture = serve_fixture(
         data,
         FixtureOptions {
             latency: Duration::from_millis(args.latency_ms),
@@ -754,7 +761,7 @@ async fn peak_rss(
         runs.push(rss_child(fixture, &work.join("child-large"), args.patients, workers).await?);
     }
     {
-        let xlarge_fixture = start_fixture(&xlarge_dir, FixtureOptions::default()).await?;
+        let xlarge_fixture = serve_fixture(&xlarge_dir, FixtureOptions::default()).await?;
         for &workers in worker_counts {
             runs.push(
                 rss_child(
@@ -1187,7 +1194,7 @@ async fn parent_main(args: Args) -> Result<Option<String>, String> {
     }
 
     // 2. Fixture.
-    let fixture = start_fixture(&large_dir, FixtureOptions::default()).await?;
+    let fixture = serve_fixture(&large_dir, FixtureOptions::default()).await?;
     if args.rss_only {
         peak_rss(&args, &work, &fixture, &[1]).await?;
         return Ok(None);
@@ -1299,7 +1306,7 @@ async fn parent_main(args: Args) -> Result<Option<String>, String> {
         },
     };
     drop(fixture);
-    let chain_fast = start_fixture(&chain_dir, FixtureOptions::default()).await?;
+    let chain_fast = serve_fixture(&chain_dir, FixtureOptions::default()).await?;
     let fast_source = SourceSpec::Fhir {
         base: chain_fast.base_url().to_string(),
         token: None,
@@ -1338,7 +1345,7 @@ async fn parent_main(args: Args) -> Result<Option<String>, String> {
     drop(chain_fast);
 
     // 8. Latency scenario.
-    let slow = start_fixture(
+    let slow = serve_fixture(
         &large_dir,
         FixtureOptions {
             latency: Duration::from_millis(args.latency_ms),
@@ -1372,7 +1379,7 @@ async fn parent_main(args: Args) -> Result<Option<String>, String> {
     }
     drop(slow);
     // 9b. The same at the realistic latency.
-    let slow = start_fixture(
+    let slow = serve_fixture(
         &chain_dir,
         FixtureOptions {
             latency: Duration::from_millis(args.latency_ms),
@@ -1498,7 +1505,7 @@ async fn parent_main(args: Args) -> Result<Option<String>, String> {
     let _ = writeln!(
         r,
         "Everything runs in one process per measurement on 127.0.0.1 and shares the cores: the \
-         fixture FHIR server (`bulk_export::fixture_server`), the exporter stack \
+         fixture FHIR server (`bulk_export_testkit::fixture_server`), the exporter stack \
          (`bulk_export::stack::start`: HTTP API, in-process continuation with N worker tasks, \
          watchdog), embedded dynoxide (SQLite file) and s3s-fs (local files). Exporter settings: \
          `ExportConfig::default()` — page size (`_count`) {page_size}, part size {} MiB, file size \

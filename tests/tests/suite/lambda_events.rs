@@ -3,10 +3,10 @@
 //! and S3; plus scheduled incremental exports.
 
 use crate::common::*;
-use bulk_export::generate::generate;
 use bulk_export::stack::SourceSpec;
 use bulk_export_core::job::StepEvent;
 use bulk_export_core::lambda::{api_event_handler, watchdog_handler, worker_handler};
+use bulk_export_testkit::generate::generate;
 use serde_json::Value;
 use std::path::Path;
 
