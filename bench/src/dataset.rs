@@ -2,7 +2,7 @@
 //! files so that exports can be verified against them.
 
 use crate::error::BenchError;
-use bulk_export::generate::generate;
+use bulk_export_testkit::generate::generate;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;

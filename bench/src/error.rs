@@ -50,9 +50,9 @@ pub enum BenchError {
     /// Embedded DynamoDB or S3 did not start.
     #[error(transparent)]
     Embedded(#[from] EmbeddedError),
-    /// The fixture FHIR server did not start (its API reports a message only).
+    /// The fixture FHIR server did not start.
     #[error("fixture server: {0}")]
-    Fixture(String),
+    Fixture(#[source] bulk_export_testkit::fixture_server::FixtureError),
     /// Reading chain or file records for the measurement failed. Boxed so
     /// the bench names no job-store type beyond what it already imports.
     #[error("job store: {0}")]

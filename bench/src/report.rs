@@ -138,7 +138,7 @@ impl Results<'_> {
         let cfg = &self.config;
         format!(
             "Everything runs in one process per measurement on 127.0.0.1 and shares the cores: the \
-             fixture FHIR server (`bulk_export::fixture_server`), the exporter stack \
+             fixture FHIR server (`bulk_export_testkit::fixture_server`), the exporter stack \
              (`bulk_export::stack::start`: HTTP API, in-process continuation with N worker tasks, \
              watchdog), embedded dynoxide (SQLite file) and s3s-fs (local files). Exporter settings: \
              `ExportConfig::default()` — page size (`_count`) {}, part size {} MiB, file size \

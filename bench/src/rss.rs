@@ -7,9 +7,9 @@ use crate::cli::Args;
 use crate::error::BenchError;
 use crate::export::{drive_export, start_stack};
 use crate::machine::read_proc;
-use bulk_export::fixture_server::FixtureHandle;
 use bulk_export::stack::SourceSpec;
 use bulk_export_core::model::config::ExportConfig;
+use bulk_export_testkit::fixture_server::FixtureHandle;
 use serde_json::{Value, json};
 use std::path::Path;
 

@@ -10,8 +10,8 @@ use crate::report::{Results, RunContext};
 use crate::scenarios::one_chain::{self, Upstream};
 use crate::scenarios::request_counts::counted_run;
 use crate::scenarios::{framing, peak_rss, system_export, upstream_latency};
-use bulk_export::fixture_server::{FixtureOptions, start_fixture};
 use bulk_export_core::model::config::ExportConfig;
+use bulk_export_testkit::fixture_server::{FixtureOptions, start_fixture};
 use std::path::Path;
 use std::time::Instant;
 

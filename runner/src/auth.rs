@@ -10,7 +10,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 use serde_json::Value;
 use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// Clock skew tolerated for `exp` and `nbf`, in seconds.
@@ -54,6 +54,43 @@ impl fmt::Debug for AuthConfig {
     }
 }
 
+/// The authentication settings cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AuthError {
+    /// `--auth-hs256-secret` is set but empty.
+    #[error("the HS256 secret is empty")]
+    EmptySecret,
+    /// The JWKS file could not be read.
+    #[error("cannot read JWKS file {}: {source}", path.display())]
+    ReadJwks {
+        /// The JWKS file.
+        path: PathBuf,
+        /// Why reading failed.
+        source: std::io::Error,
+    },
+    /// The JWKS file is not JSON.
+    #[error("JWKS file {} is not valid JSON: {source}", path.display())]
+    JwksNotJson {
+        /// The JWKS file.
+        path: PathBuf,
+        /// Why it did not parse.
+        source: serde_json::Error,
+    },
+    /// The JWKS document has no `keys` array.
+    #[error("JWKS file {}: JWKS has no \"keys\" array", path.display())]
+    NoKeysArray {
+        /// The JWKS file.
+        path: PathBuf,
+    },
+    /// No key of the JWKS is a signing key of an accepted algorithm.
+    #[error("JWKS file {} has no usable RS256/RS384/ES256/ES384 signing key", path.display())]
+    NoUsableKey {
+        /// The JWKS file.
+        path: PathBuf,
+    },
+}
+
 impl AuthConfig {
     /// Builds the config, reading and checking the JWKS file if one is given.
     pub fn from_files(
@@ -61,35 +98,11 @@ impl AuthConfig {
         jwks_file: Option<&Path>,
         issuer: Option<String>,
         audience: Option<String>,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, AuthError> {
         if hs256_secret.as_deref().is_some_and(str::is_empty) {
-            return Err("the HS256 secret is empty".into());
+            return Err(AuthError::EmptySecret);
         }
-        let jwks = match jwks_file {
-            None => None,
-            Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|e| format!("cannot read JWKS file {}: {e}", path.display()))?;
-                let value: Value = serde_json::from_str(&text)
-                    .map_err(|e| format!("JWKS file {} is not valid JSON: {e}", path.display()))?;
-                let (keys, skipped) =
-                    jwks_keys(&value).map_err(|e| format!("JWKS file {}: {e}", path.display()))?;
-                if keys.is_empty() {
-                    return Err(format!(
-                        "JWKS file {} has no usable RS256/RS384/ES256/ES384 signing key",
-                        path.display()
-                    ));
-                }
-                if skipped > 0 {
-                    tracing::warn!(
-                        path = %path.display(),
-                        skipped,
-                        "ignoring JWKS keys that are not usable RS256/RS384/ES256/ES384 signing keys"
-                    );
-                }
-                Some(value)
-            }
-        };
+        let jwks = jwks_file.map(read_jwks).transpose()?;
         Ok(Self {
             hs256_secret,
             jwks,
@@ -102,6 +115,35 @@ impl AuthConfig {
     pub fn is_enabled(&self) -> bool {
         self.hs256_secret.is_some() || self.jwks.is_some()
     }
+}
+
+/// Reads a JWKS file and checks that it holds at least one usable key;
+/// warns about the keys it will ignore.
+fn read_jwks(path: &Path) -> Result<Value, AuthError> {
+    let text = std::fs::read_to_string(path).map_err(|source| AuthError::ReadJwks {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let value: Value = serde_json::from_str(&text).map_err(|source| AuthError::JwksNotJson {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let (keys, skipped) = jwks_keys(&value).ok_or_else(|| AuthError::NoKeysArray {
+        path: path.to_path_buf(),
+    })?;
+    if keys.is_empty() {
+        return Err(AuthError::NoUsableKey {
+            path: path.to_path_buf(),
+        });
+    }
+    if skipped > 0 {
+        tracing::warn!(
+            path = %path.display(),
+            skipped,
+            "ignoring JWKS keys that are not usable RS256/RS384/ES256/ES384 signing keys"
+        );
+    }
+    Ok(value)
 }
 
 /// An authenticator that requires `Authorization: Bearer <JWT>` on every request.
@@ -120,12 +162,10 @@ struct JwksKey {
     key: DecodingKey,
 }
 
-/// The usable keys of a JWKS document, and how many entries were skipped.
-fn jwks_keys(jwks: &Value) -> Result<(Vec<JwksKey>, usize), String> {
-    let entries = jwks
-        .get("keys")
-        .and_then(Value::as_array)
-        .ok_or("JWKS has no \"keys\" array")?;
+/// The usable keys of a JWKS document, and how many entries were skipped;
+/// `None` when it has no `keys` array.
+fn jwks_keys(jwks: &Value) -> Option<(Vec<JwksKey>, usize)> {
+    let entries = jwks.get("keys").and_then(Value::as_array)?;
     let mut keys = Vec::new();
     for entry in entries {
         // Entries are parsed one by one so that one key of an unsupported
@@ -138,7 +178,7 @@ fn jwks_keys(jwks: &Value) -> Result<(Vec<JwksKey>, usize), String> {
         }
     }
     let skipped = entries.len() - keys.len();
-    Ok((keys, skipped))
+    Some((keys, skipped))
 }
 
 /// Turns a JWK into a verification key, if it is a signing key we accept.
@@ -201,7 +241,7 @@ impl Verifier {
         let jwks = cfg
             .jwks
             .as_ref()
-            .and_then(|j| jwks_keys(j).ok())
+            .and_then(jwks_keys)
             .map(|(keys, _)| keys)
             .unwrap_or_default();
         let mut validation = Validation::new(Algorithm::HS256);

@@ -1,17 +1,17 @@
-//! `bulk-export`: serve, generate, demo, export and fixture-server commands.
+//! `bulk-export`: serve, generate, demo and export commands.
 
-use bulk_export::auth::{AuthConfig, jwt_authenticator};
+use bulk_export::auth::{AuthConfig, AuthError, jwt_authenticator};
 use bulk_export::aws_clients::Endpoints;
-use bulk_export::client::{ExportArgs, run_export, summary_table};
-use bulk_export::generate::generate;
-use bulk_export::http_server::no_auth;
-use bulk_export::stack::{SourceSpec, StackOptions, start};
-use bulk_export_core::model::config::ExportConfig;
+use bulk_export::client::{ClientError, ExportArgs, run_export, summary_table};
+use bulk_export::http_server::{Authenticator, no_auth};
+use bulk_export::stack::{SourceSpec, Stack, StackError, StackOptions, start};
+use bulk_export_core::model::config::{ConfigError, ExportConfig};
+use bulk_export_testkit::generate::generate;
 use clap::{Args, Parser, Subcommand};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 #[derive(Parser)]
 #[command(
@@ -72,18 +72,6 @@ enum Command {
         #[arg(long, env = "BULK_EXPORT_TOKEN")]
         token: Option<String>,
     },
-    /// Serve a directory of NDJSON files as a FHIR search API (test fixture).
-    FixtureServer {
-        /// Directory of `<Type>.ndjson` files (as written by `generate`).
-        #[arg(long)]
-        data: PathBuf,
-        /// Loopback address to listen on; port 0 picks a free one.
-        #[arg(long, default_value = "127.0.0.1:0")]
-        listen: SocketAddr,
-        /// Latency added to every search page, in milliseconds.
-        #[arg(long, default_value_t = 0)]
-        latency_ms: u64,
-    },
 }
 
 #[derive(Args, Clone)]
@@ -141,6 +129,36 @@ struct ServeArgs {
     auth_audience: Option<String>,
 }
 
+/// Why a command failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+enum CliError {
+    /// The authentication flags are unusable.
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    /// `serve` without authentication on a non-loopback address.
+    #[error("without authentication configured, serve only binds loopback addresses")]
+    UnauthenticatedNonLoopback(SocketAddr),
+    /// `--source` is not a source `SourceSpec::parse` knows.
+    #[error(transparent)]
+    Source(bulk_export_core::compose::ComposeError),
+    /// The built-in dataset could not be written.
+    #[error("generating dataset: {0}")]
+    DefaultDataset(#[source] std::io::Error),
+    /// `generate` could not write the dataset.
+    #[error("{0}")]
+    Generate(#[source] std::io::Error),
+    /// A `BULK_EXPORT_*` setting is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The stack did not start.
+    #[error(transparent)]
+    Stack(#[from] StackError),
+    /// The export client failed.
+    #[error(transparent)]
+    Export(#[from] ClientError),
+}
+
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("BULK_EXPORT_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,dynoxide=error,s3s=error"));
@@ -150,48 +168,83 @@ fn init_tracing() {
         .init();
 }
 
-async fn start_stack(
-    args: &ServeArgs,
-    default_patients: u64,
-) -> Result<bulk_export::stack::Stack, String> {
-    let auth_config = AuthConfig::from_files(
-        args.auth_hs256_secret.clone(),
-        args.auth_jwks.as_deref(),
-        args.auth_issuer.clone(),
-        args.auth_audience.clone(),
-    )?;
-    let auth = if auth_config.is_enabled() {
-        jwt_authenticator(auth_config)
-    } else if args.listen.ip().is_loopback() {
-        no_auth()
-    } else {
-        return Err(
-            "without authentication configured, serve only binds loopback addresses".into(),
-        );
-    };
-    let source = match &args.source {
-        Some(s) => SourceSpec::parse(s).map_err(|e| e.to_string())?,
-        None => {
-            let dir = args.data_dir.join("dataset");
-            if !dir.join("Patient.ndjson").exists() {
-                generate(&dir, default_patients, 1)
-                    .map_err(|e| format!("generating dataset: {e}"))?;
-            }
-            SourceSpec::Ndjson(dir)
+impl ServeArgs {
+    /// The `demo` stack: embedded servers and defaults on a free loopback port.
+    fn demo(data_dir: PathBuf) -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            data_dir,
+            source: None,
+            base_url: None,
+            dynamodb_endpoint: None,
+            s3_endpoint: None,
+            table: "bulk-export".into(),
+            bucket: "bulk-export".into(),
+            workers: 4,
+            part_size: None,
+            max_file_size: None,
+            page_size: None,
+            stall_secs: 600,
+            auth_hs256_secret: None,
+            auth_jwks: None,
+            auth_issuer: None,
+            auth_audience: None,
         }
-    };
-    let mut config = ExportConfig::from_env().map_err(|e| e.to_string())?;
-    config.table = args.table.clone();
-    config.bucket = args.bucket.clone();
-    if let Some(v) = args.part_size {
-        config.part_size = v;
     }
-    if let Some(v) = args.max_file_size {
-        config.max_file_size = v;
+
+    /// JWT verification when a key source is given; otherwise none, which
+    /// only a loopback address may serve.
+    fn authenticator(&self) -> Result<Authenticator, CliError> {
+        let auth_config = AuthConfig::from_files(
+            self.auth_hs256_secret.clone(),
+            self.auth_jwks.as_deref(),
+            self.auth_issuer.clone(),
+            self.auth_audience.clone(),
+        )?;
+        if auth_config.is_enabled() {
+            Ok(jwt_authenticator(auth_config))
+        } else if self.listen.ip().is_loopback() {
+            Ok(no_auth())
+        } else {
+            Err(CliError::UnauthenticatedNonLoopback(self.listen))
+        }
     }
-    if let Some(v) = args.page_size {
-        config.page_size = v;
+
+    /// `--source`, or the built-in dataset in the data directory (generated
+    /// with `default_patients` on first use).
+    fn source(&self, default_patients: u64) -> Result<SourceSpec, CliError> {
+        if let Some(s) = &self.source {
+            return SourceSpec::parse(s).map_err(CliError::Source);
+        }
+        let dir = self.data_dir.join("dataset");
+        if !dir.join("Patient.ndjson").exists() {
+            generate(&dir, default_patients, 1).map_err(CliError::DefaultDataset)?;
+        }
+        Ok(SourceSpec::Ndjson(dir))
     }
+
+    /// The environment's configuration with the flags applied.
+    fn export_config(&self) -> Result<ExportConfig, CliError> {
+        let mut config = ExportConfig::from_env()?;
+        config.table = self.table.clone();
+        config.bucket = self.bucket.clone();
+        if let Some(v) = self.part_size {
+            config.part_size = v;
+        }
+        if let Some(v) = self.max_file_size {
+            config.max_file_size = v;
+        }
+        if let Some(v) = self.page_size {
+            config.page_size = v;
+        }
+        Ok(config)
+    }
+}
+
+async fn start_stack(args: &ServeArgs, default_patients: u64) -> Result<Stack, CliError> {
+    let auth = args.authenticator()?;
+    let source = args.source(default_patients)?;
+    let config = args.export_config()?;
     let opts = StackOptions {
         listen: args.listen,
         data_dir: args.data_dir.clone(),
@@ -208,102 +261,91 @@ async fn start_stack(
         stall_timeout: Duration::from_secs(args.stall_secs),
         auth,
     };
-    start(opts).await.map_err(|e| e.to_string())
+    Ok(start(opts).await?)
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
-    init_tracing();
-    let cli = Cli::parse();
-    let result: Result<(), String> = match cli.command {
-        Command::Serve(args) => match start_stack(&args, 100).await {
-            Ok(stack) => {
-                if args.auth_hs256_secret.is_none() && args.auth_jwks.is_none() {
-                    eprintln!("no authentication configured: serving loopback only");
-                }
-                println!("listening on {}", stack.base_url);
-                let _ = tokio::signal::ctrl_c().await;
-                Ok(())
-            }
-            Err(e) => Err(e),
-        },
+/// `serve`: runs the stack until Ctrl-C.
+async fn serve(args: &ServeArgs) -> Result<(), CliError> {
+    let stack = start_stack(args, 100).await?;
+    if args.auth_hs256_secret.is_none() && args.auth_jwks.is_none() {
+        eprintln!("no authentication configured: serving loopback only");
+    }
+    println!("listening on {}", stack.base_url);
+    let _ = tokio::signal::ctrl_c().await;
+    Ok(())
+}
+
+/// Total size of the files directly in `dir` (0 if it cannot be listed).
+fn dir_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// `generate`: writes the dataset and prints the counts and the throughput.
+fn generate_dataset(out: &Path, patients: u64, seed: u64) -> Result<(), CliError> {
+    let t = Instant::now();
+    let counts = generate(out, patients, seed).map_err(CliError::Generate)?;
+    let bytes = dir_bytes(out);
+    for (ty, n) in &counts {
+        println!("{ty:<22} {n:>10}");
+    }
+    let secs = t.elapsed().as_secs_f64();
+    println!(
+        "{} bytes in {:.2}s ({:.1} MB/s)",
+        bytes,
+        secs,
+        bytes as f64 / 1e6 / secs.max(1e-9)
+    );
+    Ok(())
+}
+
+/// `demo`: the embedded stack over the built-in dataset, exported into `out`.
+async fn demo(patients: u64, data_dir: PathBuf, out: PathBuf) -> Result<(), CliError> {
+    let stack = start_stack(&ServeArgs::demo(data_dir), patients).await?;
+    println!("embedded stack listening on {}", stack.base_url);
+    let t = Instant::now();
+    let ea = ExportArgs {
+        base_url: stack.base_url.clone(),
+        out: out.clone(),
+        progress: true,
+        ..Default::default()
+    };
+    let summary = run_export(&ea).await?;
+    println!("{}", summary_table(&summary));
+    println!(
+        "exported in {:.1}s into {}",
+        t.elapsed().as_secs_f64(),
+        out.display()
+    );
+    Ok(())
+}
+
+/// `export`: the client against any Bulk Data server.
+async fn export(args: ExportArgs) -> Result<(), CliError> {
+    let summary = run_export(&args).await?;
+    println!("{}", summary_table(&summary));
+    Ok(())
+}
+
+async fn run(command: Command) -> Result<(), CliError> {
+    match command {
+        Command::Serve(args) => serve(&args).await,
         Command::Generate {
             patients,
             seed,
             out,
-        } => {
-            let t = std::time::Instant::now();
-            generate(&out, patients, seed)
-                .map_err(|e| e.to_string())
-                .map(|counts| {
-                    let bytes: u64 = std::fs::read_dir(&out)
-                        .map(|d| {
-                            d.filter_map(Result::ok)
-                                .filter_map(|e| e.metadata().ok())
-                                .map(|m| m.len())
-                                .sum()
-                        })
-                        .unwrap_or(0);
-                    for (ty, n) in &counts {
-                        println!("{ty:<22} {n:>10}");
-                    }
-                    let secs = t.elapsed().as_secs_f64();
-                    println!(
-                        "{} bytes in {:.2}s ({:.1} MB/s)",
-                        bytes,
-                        secs,
-                        bytes as f64 / 1e6 / secs.max(1e-9)
-                    );
-                })
-        }
+        } => generate_dataset(&out, patients, seed),
         Command::Demo {
             patients,
             data_dir,
             out,
-        } => {
-            let args = ServeArgs {
-                listen: "127.0.0.1:0"
-                    .parse()
-                    .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0))),
-                data_dir,
-                source: None,
-                base_url: None,
-                dynamodb_endpoint: None,
-                s3_endpoint: None,
-                table: "bulk-export".into(),
-                bucket: "bulk-export".into(),
-                workers: 4,
-                part_size: None,
-                max_file_size: None,
-                page_size: None,
-                stall_secs: 600,
-                auth_hs256_secret: None,
-                auth_jwks: None,
-                auth_issuer: None,
-                auth_audience: None,
-            };
-            match start_stack(&args, patients).await {
-                Err(e) => Err(e),
-                Ok(stack) => {
-                    println!("embedded stack listening on {}", stack.base_url);
-                    let t = std::time::Instant::now();
-                    let ea = ExportArgs {
-                        base_url: stack.base_url.clone(),
-                        out: out.clone(),
-                        progress: true,
-                        ..Default::default()
-                    };
-                    run_export(&ea).await.map_err(|e| e.to_string()).map(|s| {
-                        println!("{}", summary_table(&s));
-                        println!(
-                            "exported in {:.1}s into {}",
-                            t.elapsed().as_secs_f64(),
-                            out.display()
-                        );
-                    })
-                }
-            }
-        }
+        } => demo(patients, data_dir, out).await,
         Command::Export {
             base_url,
             types,
@@ -312,7 +354,7 @@ async fn main() -> ExitCode {
             out,
             token,
         } => {
-            let ea = ExportArgs {
+            export(ExportArgs {
                 base_url,
                 types,
                 since,
@@ -320,36 +362,17 @@ async fn main() -> ExitCode {
                 out,
                 token,
                 progress: true,
-            };
-            run_export(&ea)
-                .await
-                .map_err(|e| e.to_string())
-                .map(|s| println!("{}", summary_table(&s)))
+            })
+            .await
         }
-        Command::FixtureServer {
-            data,
-            listen,
-            latency_ms,
-        } => {
-            if !listen.ip().is_loopback() {
-                Err("the fixture server binds loopback addresses only".into())
-            } else {
-                let opts = bulk_export::fixture_server::FixtureOptions {
-                    latency: Duration::from_millis(latency_ms),
-                    ..Default::default()
-                };
-                match bulk_export::fixture_server::start_fixture_on(listen, &data, opts).await {
-                    Ok(fixture) => {
-                        println!("listening on {}", fixture.base_url());
-                        let _ = tokio::signal::ctrl_c().await;
-                        Ok(())
-                    }
-                    Err(e) => Err(e),
-                }
-            }
-        }
-    };
-    match result {
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    init_tracing();
+    let cli = Cli::parse();
+    match run(cli.command).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");

@@ -2,37 +2,39 @@
 //! generated directory, then the `export` client against it.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 use tokio::io::AsyncBufReadExt;
 
 const BIN: &str = env!("CARGO_BIN_EXE_bulk-export");
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn generate_serve_and_export_with_the_cli() {
-    let root = std::env::temp_dir().join(format!("cli-test-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&root);
-    let (src, data, out) = (root.join("src"), root.join("data"), root.join("out"));
-
+/// `bulk-export generate` into `src`; returns the lines a system export
+/// covers (every file but Group).
+fn generate_source(src: &Path) -> usize {
     let generated = std::process::Command::new(BIN)
         .args(["generate", "--patients", "40", "--seed", "9", "--out"])
-        .arg(&src)
+        .arg(src)
         .output()
         .unwrap();
     assert!(generated.status.success());
     let gen_out = String::from_utf8(generated.stdout).unwrap();
     assert!(gen_out.contains("MB/s"), "{gen_out}");
-    let source_lines: usize = std::fs::read_dir(&src)
+    std::fs::read_dir(src)
         .unwrap()
         .map(|e| e.unwrap().path())
         .filter(|p| p.file_name().unwrap() != "Group.ndjson")
         .map(|p| std::fs::read_to_string(p).unwrap().lines().count())
-        .sum();
+        .sum()
+}
 
+/// `bulk-export serve` over `src`; returns the child and its FHIR base URL
+/// from its one `listening on` line.
+async fn serve(data: &Path, src: &Path) -> (tokio::process::Child, String) {
     let mut serve = tokio::process::Command::new(BIN)
         .args(["serve", "--listen", "127.0.0.1:0"])
         .arg("--data-dir")
-        .arg(&data)
+        .arg(data)
         .arg("--source")
         .arg(format!("ndjson:{}", src.display()))
         .stdout(Stdio::piped())
@@ -54,12 +56,17 @@ async fn generate_serve_and_export_with_the_cli() {
         base.starts_with("http://127.0.0.1:") && base.ends_with("/fhir"),
         "{base}"
     );
+    (serve, base)
+}
 
+/// `bulk-export export` of everything into `out`; returns the summary
+/// table's total after checking the downloaded lines add up to it.
+async fn export_all(base: &str, out: &Path) -> usize {
     let export = tokio::process::Command::new(BIN)
         .arg("export")
-        .arg(&base)
+        .arg(base)
         .arg("--out")
-        .arg(&out)
+        .arg(out)
         .output()
         .await
         .unwrap();
@@ -79,11 +86,7 @@ async fn generate_serve_and_export_with_the_cli() {
         .unwrap()
         .parse()
         .unwrap();
-    assert_eq!(
-        total, source_lines,
-        "the client verified and summed every file"
-    );
-    let downloaded: usize = std::fs::read_dir(&out)
+    let downloaded: usize = std::fs::read_dir(out)
         .unwrap()
         .map(|e| {
             std::fs::read_to_string(e.unwrap().path())
@@ -92,11 +95,16 @@ async fn generate_serve_and_export_with_the_cli() {
                 .count()
         })
         .sum();
-    assert_eq!(downloaded, source_lines);
+    assert_eq!(downloaded, total);
+    total
+}
 
+/// `bulk-export export --type Patient,Condition --since ...`; returns the
+/// types in the summary table.
+async fn export_typed(base: &str, out: &Path) -> Vec<String> {
     let typed = tokio::process::Command::new(BIN)
         .arg("export")
-        .arg(&base)
+        .arg(base)
         .args([
             "--type",
             "Patient,Condition",
@@ -104,19 +112,37 @@ async fn generate_serve_and_export_with_the_cli() {
             "2022-01-01T00:00:00Z",
             "--out",
         ])
-        .arg(root.join("out2"))
+        .arg(out)
         .output()
         .await
         .unwrap();
     let stdout = String::from_utf8(typed.stdout).unwrap();
     assert!(typed.status.success(), "{stdout}");
-    let types: Vec<&str> = stdout
+    stdout
         .lines()
         .skip(1)
         .filter(|l| !l.starts_with("total") && !l.is_empty())
-        .map(|l| l.split_whitespace().next().unwrap())
-        .collect();
-    assert_eq!(types, vec!["Condition", "Patient"], "{stdout}");
+        .map(|l| l.split_whitespace().next().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn generate_serve_and_export_with_the_cli() {
+    let root = std::env::temp_dir().join(format!("cli-test-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    let (src, data, out) = (root.join("src"), root.join("data"), root.join("out"));
+
+    let source_lines = generate_source(&src);
+    let (mut serve, base) = serve(&data, &src).await;
+    assert_eq!(
+        export_all(&base, &out).await,
+        source_lines,
+        "the client verified and summed every file"
+    );
+    assert_eq!(
+        export_typed(&base, &root.join("out2")).await,
+        vec!["Condition", "Patient"]
+    );
     serve.start_kill().unwrap();
     let _ = std::fs::remove_dir_all(&root);
 }

@@ -5,7 +5,7 @@
 //! smaller values make a quicker run), `KILL_TEST_KILLS` the number of kills (default 5).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use bulk_export::generate::{Rng, generate};
+use bulk_export_testkit::generate::{Rng, generate};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -70,27 +70,15 @@ fn multiset(bodies: &[Vec<u8>]) -> BTreeMap<(String, String), u32> {
     m
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigkill_and_restart_lose_and_duplicate_nothing() {
-    let patients: u64 = std::env::var("KILL_TEST_PATIENTS")
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(3000);
-    let kills: usize = std::env::var("KILL_TEST_KILLS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(5);
-    let root = std::env::temp_dir().join(format!("kill-test-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&root);
-    let (src, data) = (root.join("src"), root.join("data"));
-    generate(&src, patients, 77).unwrap();
-    let source_bytes: u64 = std::fs::read_dir(&src)
-        .unwrap()
-        .map(|e| e.unwrap().metadata().unwrap().len())
-        .sum();
-    let http = reqwest::Client::new();
+        .unwrap_or(default)
+}
 
-    let (mut child, base) = serve(&data, &src).await;
+/// Kicks off a system export; returns the status path (after `base`).
+async fn kick_off(http: &reqwest::Client, base: &str) -> String {
     let resp = http
         .get(format!("{base}/$export"))
         .header("Prefer", "respond-async")
@@ -102,10 +90,19 @@ async fn sigkill_and_restart_lose_and_duplicate_nothing() {
         .to_str()
         .unwrap()
         .to_string();
-    let job_path = location.strip_prefix(&base).unwrap().to_string();
+    location.strip_prefix(base).unwrap().to_string()
+}
 
-    let mut rng = Rng::new(patients);
-    let mut base = base;
+/// SIGKILLs the server `kills` times at random moments while the export
+/// runs, restarting it each time; returns the last server and its base URL.
+async fn kill_and_restart(
+    http: &reqwest::Client,
+    (mut child, mut base): (tokio::process::Child, String),
+    (data, src): (&Path, &Path),
+    job_path: &str,
+    (kills, seed): (usize, u64),
+) -> (tokio::process::Child, String) {
+    let mut rng = Rng::new(seed);
     for k in 0..kills {
         let wait = rng.range(300, 800);
         tokio::time::sleep(Duration::from_millis(wait)).await;
@@ -124,11 +121,15 @@ async fn sigkill_and_restart_lose_and_duplicate_nothing() {
         child.start_kill().unwrap();
         child.wait().await.unwrap();
         println!("kill {} after {wait} ms at progress: {p}", k + 1);
-        (child, base) = serve(&data, &src).await;
+        (child, base) = serve(data, src).await;
     }
+    (child, base)
+}
 
+/// Polls the status URL until the manifest; panics on an export error.
+async fn wait_manifest(http: &reqwest::Client, status_url: &str) -> Value {
     let manifest: Value = loop {
-        let resp = http.get(format!("{base}{job_path}")).send().await.unwrap();
+        let resp = http.get(status_url).send().await.unwrap();
         match resp.status().as_u16() {
             200 => break resp.json().await.unwrap(),
             202 => tokio::time::sleep(Duration::from_millis(300)).await,
@@ -146,6 +147,11 @@ async fn sigkill_and_restart_lose_and_duplicate_nothing() {
             .unwrap();
         panic!("the export reported an error: {body}");
     }
+    manifest
+}
+
+/// Downloads every output file, checking its size limit and its count.
+async fn download_outputs(http: &reqwest::Client, manifest: &Value) -> Vec<Vec<u8>> {
     let mut bodies = Vec::new();
     for item in manifest["output"].as_array().unwrap() {
         let body = http
@@ -167,15 +173,49 @@ async fn sigkill_and_restart_lose_and_duplicate_nothing() {
         );
         bodies.push(body);
     }
-    let got = multiset(&bodies);
+    bodies
+}
+
+/// The source files a system export covers (Group is not exported).
+fn exported_source_files(src: &Path) -> Vec<Vec<u8>> {
     let mut source = Vec::new();
-    for e in std::fs::read_dir(&src).unwrap() {
+    for e in std::fs::read_dir(src).unwrap() {
         let p = e.unwrap().path();
         if p.file_name().unwrap() != "Group.ndjson" {
             source.push(std::fs::read(p).unwrap());
         }
     }
-    let expected = multiset(&source);
+    source
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_and_restart_lose_and_duplicate_nothing() {
+    let patients: u64 = env_or("KILL_TEST_PATIENTS", 3000);
+    let kills: usize = env_or("KILL_TEST_KILLS", 5);
+    let root = std::env::temp_dir().join(format!("kill-test-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    let (src, data) = (root.join("src"), root.join("data"));
+    generate(&src, patients, 77).unwrap();
+    let source_bytes: u64 = std::fs::read_dir(&src)
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum();
+    let http = reqwest::Client::new();
+
+    let (child, base) = serve(&data, &src).await;
+    let job_path = kick_off(&http, &base).await;
+    let (mut child, base) = kill_and_restart(
+        &http,
+        (child, base),
+        (&data, &src),
+        &job_path,
+        (kills, patients),
+    )
+    .await;
+
+    let manifest = wait_manifest(&http, &format!("{base}{job_path}")).await;
+    let got = multiset(&download_outputs(&http, &manifest).await);
+    let expected = multiset(&exported_source_files(&src));
     assert!(
         got.values().all(|n| *n == 1),
         "no duplicates after {kills} kills"

@@ -6,8 +6,8 @@
 mod common;
 
 use bulk_export::auth::{AuthConfig, jwt_authenticator};
-use bulk_export::generate::generate;
 use bulk_export::stack::{SourceSpec, Stack, start};
+use bulk_export_testkit::generate::generate;
 use common::*;
 use jsonwebtoken::{EncodingKey, Header, encode};
 use serde_json::{Value, json};

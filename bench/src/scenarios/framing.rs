@@ -3,8 +3,8 @@
 
 use crate::MB;
 use crate::error::BenchError;
-use bulk_export::fixture_server::FixtureHandle;
 use bulk_export_core::fhir::framing::frame_search_bundle;
+use bulk_export_testkit::fixture_server::FixtureHandle;
 use std::fmt::Write as _;
 use std::hint::black_box;
 use std::time::{Duration, Instant};

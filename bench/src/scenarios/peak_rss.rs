@@ -8,8 +8,8 @@ use crate::dataset::{dataset_summary, generate_timed, totals};
 use crate::error::BenchError;
 use crate::rss::{ChildRss, rss_child};
 use crate::tables::fmt_secs;
-use bulk_export::fixture_server::{FixtureHandle, FixtureOptions, start_fixture};
 use bulk_export_core::model::config::ExportConfig;
+use bulk_export_testkit::fixture_server::{FixtureHandle, FixtureOptions, start_fixture};
 use std::fmt::Write as _;
 use std::path::Path;
 

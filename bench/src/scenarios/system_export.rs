@@ -9,8 +9,8 @@ use crate::dataset::{Datasets, totals};
 use crate::error::BenchError;
 use crate::export::{ExportRun, Shape, Target, export_runs};
 use crate::tables::{export_table, fmt_secs, per_type_table};
-use bulk_export::fixture_server::FixtureHandle;
 use bulk_export::stack::SourceSpec;
+use bulk_export_testkit::fixture_server::FixtureHandle;
 use std::fmt::Write as _;
 use std::path::Path;
 

@@ -365,7 +365,7 @@ pub async fn ndjson_stack(
 ) -> (TempDir, PathBuf, Stack) {
     let dir = TempDir::new(prefix);
     let src = dir.0.join("src");
-    bulk_export::generate::generate(&src, patients, seed).unwrap();
+    bulk_export_testkit::generate::generate(&src, patients, seed).unwrap();
     let stack = running_stack(
         &dir.0.join("data"),
         SourceSpec::Ndjson(src.clone()),

@@ -2,8 +2,8 @@
 //! every bad-input case answers the right 4xx with an OperationOutcome.
 
 use crate::common::*;
-use bulk_export::generate::generate;
 use bulk_export::stack::SourceSpec;
+use bulk_export_testkit::generate::generate;
 use serde_json::{Value, json};
 
 struct Case {

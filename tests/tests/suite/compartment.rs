@@ -3,8 +3,8 @@
 //! upstream searches that grow with members / batch size, not members.
 
 use crate::common::*;
-use bulk_export::generate::generate;
 use bulk_export::stack::SourceSpec;
+use bulk_export_testkit::generate::generate;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;

@@ -2,9 +2,9 @@
 //! counts and no loss or duplication, and the status/cancel lifecycle.
 
 use crate::common::*;
-use bulk_export::generate::generate;
 use bulk_export::stack::SourceSpec;
 use bulk_export_core::model::config::ExportConfig;
+use bulk_export_testkit::generate::generate;
 use serde_json::Value;
 use std::collections::BTreeMap;
 

@@ -3,8 +3,8 @@
 //! links, `_typeFilter`, `_since`, and exact output.
 
 use crate::common::*;
-use bulk_export::generate::generate;
 use bulk_export::stack::SourceSpec;
+use bulk_export_testkit::generate::generate;
 use serde_json::Value;
 use std::collections::BTreeMap;
 

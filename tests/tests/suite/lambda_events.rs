@@ -3,11 +3,9 @@
 //! and S3; plus scheduled incremental exports.
 
 use crate::common::*;
-use bulk_export::generate::generate;
 use bulk_export::stack::SourceSpec;
 use bulk_export_core::lambda::{KickoffEvent, kickoff_handler, watchdog_handler, worker_handler};
 use bulk_export_core::ports::services::ExportServices;
-
 /// An event's JSON through the kick-off function's typed handler (HTTP API
 /// events and scheduler events), as the Lambda runtime would deliver it, and
 /// its reply as the runtime would send it back.
@@ -16,6 +14,7 @@ async fn api_event_handler(svc: &ExportServices, event: Value) -> Value {
     serde_json::to_value(kickoff_handler(svc, event).await).unwrap()
 }
 use bulk_export_core::model::StepEvent;
+use bulk_export_testkit::generate::generate;
 use serde_json::Value;
 use std::path::Path;
 

@@ -3,10 +3,10 @@
 //! (including the split itself) is delivered three times.
 
 use crate::common::*;
-use bulk_export::fixture_server::{FixtureOptions, start_fixture};
-use bulk_export::generate::generate;
 use bulk_export::stack::SourceSpec;
 use bulk_export_core::worker::step::run_step;
+use bulk_export_testkit::fixture_server::{FixtureOptions, start_fixture};
+use bulk_export_testkit::generate::generate;
 use std::collections::BTreeMap;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

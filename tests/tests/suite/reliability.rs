@@ -161,14 +161,14 @@ async fn a_chain_that_keeps_stalling_fails_into_the_error_file() {
 
 /// Seeded fault decisions: `1 in every` calls fails.
 struct Faults {
-    rng: std::sync::Mutex<bulk_export::generate::Rng>,
+    rng: std::sync::Mutex<bulk_export_testkit::generate::Rng>,
     every: u64,
 }
 
 impl Faults {
     fn new(seed: u64, every: u64) -> Self {
         Faults {
-            rng: std::sync::Mutex::new(bulk_export::generate::Rng::new(seed)),
+            rng: std::sync::Mutex::new(bulk_export_testkit::generate::Rng::new(seed)),
             every,
         }
     }

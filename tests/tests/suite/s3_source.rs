@@ -2,11 +2,11 @@
 //! from a directory, read with ranged GETs through the real S3 adapter.
 
 use crate::common::*;
-use bulk_export::generate::generate;
 use bulk_export::stack::SourceSpec;
 use bulk_export_core::adapters::ndjson::NdjsonSource;
 use bulk_export_core::adapters::ndjson::location::S3Prefix;
 use bulk_export_core::ports::source::Source;
+use bulk_export_testkit::generate::generate;
 use std::io::Write;
 use std::path::Path;
 

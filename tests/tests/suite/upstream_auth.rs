@@ -5,12 +5,12 @@
 //! authorizing proxy in front of the fixture FHIR server.
 
 use crate::common::*;
-use bulk_export::fixture_server::{FixtureOptions, start_fixture};
-use bulk_export::generate::generate;
 use bulk_export::stack::SourceSpec;
 use bulk_export_core::adapters::fhir_server::upstream_auth::{ClientCredentials, UpstreamAuth};
 use bulk_export_core::adapters::fhir_server::{FhirServerSource, RetryPolicy};
 use bulk_export_core::ports::services::ExportServices;
+use bulk_export_testkit::fixture_server::{FixtureOptions, start_fixture};
+use bulk_export_testkit::generate::generate;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};

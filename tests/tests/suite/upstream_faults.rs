@@ -4,11 +4,11 @@
 //! malformed output line.
 
 use crate::common::*;
-use bulk_export::fixture_server::{Fault, FaultRule, FixtureOptions, start_fixture};
-use bulk_export::generate::generate;
 use bulk_export::stack::SourceSpec;
 use bulk_export_core::adapters::fhir_server::{FhirServerSource, RetryPolicy};
 use bulk_export_core::ports::services::ExportServices;
+use bulk_export_testkit::fixture_server::{Fault, FaultRule, FixtureOptions, start_fixture};
+use bulk_export_testkit::generate::generate;
 use serde_json::Value;
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,7 +29,7 @@ async fn run(
 ) -> (
     Value,
     Vec<(String, String, Vec<u8>)>,
-    bulk_export::fixture_server::FixtureStats,
+    bulk_export_testkit::fixture_server::FixtureStats,
     Vec<String>,
 ) {
     let opts = FixtureOptions {
@@ -170,7 +170,7 @@ async fn permanent_upstream_faults_become_partial_success() {
 /// had seen just before.
 async fn page_through(
     source: &FhirServerSource,
-    fixture: &bulk_export::fixture_server::FixtureHandle,
+    fixture: &bulk_export_testkit::fixture_server::FixtureHandle,
     budget: usize,
 ) -> (Vec<Vec<u8>>, Vec<u64>) {
     use bulk_export_core::ports::source::Source;
