@@ -132,7 +132,9 @@ pub async fn start_fixture_on(
     })
 }
 
+// A test reads best top to bottom, however long.
 #[cfg(test)]
+#[allow(clippy::too_many_lines)]
 mod tests {
     use super::query::{decode, encode};
     use super::*;
