@@ -46,6 +46,38 @@ fn backend<E: std::error::Error + Send + Sync + 'static>(e: E) -> StoreError {
     StoreError::Backend(Box::new(e))
 }
 
+/// Every item of a paginated Query or Scan: `page` reads one page from an
+/// exclusive start key and returns its items and the next start key.
+async fn all_pages<F, Fut>(mut page: F) -> Result<Vec<Item>, StoreError>
+where
+    F: FnMut(Option<Item>) -> Fut,
+    Fut: std::future::Future<Output = Result<(Vec<Item>, Option<Item>), StoreError>>,
+{
+    let mut items = Vec::new();
+    let mut start = None;
+    loop {
+        let (found, next) = page(start.take()).await?;
+        items.extend(found);
+        match next {
+            Some(k) if !k.is_empty() => start = Some(k),
+            _ => return Ok(items),
+        }
+    }
+}
+
+/// A conditional write's result: a failed condition is a lost race.
+fn conditional<T, E, R>(resp: Result<T, SdkError<E, R>>) -> Result<(), StoreError>
+where
+    E: aws_sdk_dynamodb::error::ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug + Send + Sync + 'static,
+{
+    match resp {
+        Ok(_) => Ok(()),
+        Err(e) if is_conditional_failure(&e) => Err(StoreError::Conflict),
+        Err(e) => Err(backend(e)),
+    }
+}
+
 /// A version-conditioned chain write's result: the version moves on when it
 /// applied; a failed condition is a lost race.
 fn versioned<T, E, R>(resp: Result<T, SdkError<E, R>>, chain: &mut Chain) -> Result<(), StoreError>
@@ -53,14 +85,9 @@ where
     E: aws_sdk_dynamodb::error::ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     R: std::fmt::Debug + Send + Sync + 'static,
 {
-    match resp {
-        Ok(_) => {
-            chain.version += 1;
-            Ok(())
-        }
-        Err(e) if is_conditional_failure(&e) => Err(StoreError::Conflict),
-        Err(e) => Err(backend(e)),
-    }
+    conditional(resp)?;
+    chain.version += 1;
+    Ok(())
 }
 
 fn is_conditional_failure<E, R>(e: &SdkError<E, R>) -> bool
@@ -184,6 +211,18 @@ impl DynamoJobStore {
         Ok(())
     }
 
+    /// An UpdateItem on a job's own item.
+    fn update_job_item(
+        &self,
+        job_id: &str,
+    ) -> aws_sdk_dynamodb::operation::update_item::builders::UpdateItemFluentBuilder {
+        self.client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", pk(job_id))
+            .key("sk", s(JOB_SK))
+    }
+
     /// One item by key, read consistently (a step must see the last commit).
     async fn get_item(
         &self,
@@ -204,9 +243,7 @@ impl DynamoJobStore {
     }
 
     async fn query_prefix(&self, job_id: &str, prefix: &str) -> Result<Vec<Item>, StoreError> {
-        let mut items = Vec::new();
-        let mut start: Option<Item> = None;
-        loop {
+        all_pages(|start| async move {
             let resp = self
                 .client
                 .query()
@@ -215,16 +252,13 @@ impl DynamoJobStore {
                 .expression_attribute_values(":pk", pk(job_id))
                 .expression_attribute_values(":p", s(prefix))
                 .consistent_read(true)
-                .set_exclusive_start_key(start.take())
+                .set_exclusive_start_key(start)
                 .send()
                 .await
                 .map_err(backend)?;
-            items.extend(resp.items.unwrap_or_default());
-            match resp.last_evaluated_key {
-                Some(k) if !k.is_empty() => start = Some(k),
-                _ => return Ok(items),
-            }
-        }
+            Ok((resp.items.unwrap_or_default(), resp.last_evaluated_key))
+        })
+        .await
     }
 
     fn chain_update(&self, chain: &Chain) -> Result<Update, StoreError> {
@@ -253,9 +287,7 @@ impl JobReads for DynamoJobStore {
     }
 
     async fn active_jobs(&self) -> Result<Vec<Job>, StoreError> {
-        let mut jobs = Vec::new();
-        let mut start: Option<Item> = None;
-        loop {
+        let items = all_pages(|start| async move {
             let resp = self
                 .client
                 .scan()
@@ -266,18 +298,14 @@ impl JobReads for DynamoJobStore {
                 .expression_attribute_values(":q", s(JobStatus::Queued.as_str()))
                 .expression_attribute_values(":r", s(JobStatus::Running.as_str()))
                 .consistent_read(true)
-                .set_exclusive_start_key(start.take())
+                .set_exclusive_start_key(start)
                 .send()
                 .await
                 .map_err(backend)?;
-            for item in resp.items.unwrap_or_default() {
-                jobs.push(decode_job(&item)?);
-            }
-            match resp.last_evaluated_key {
-                Some(k) if !k.is_empty() => start = Some(k),
-                _ => return Ok(jobs),
-            }
-        }
+            Ok((resp.items.unwrap_or_default(), resp.last_evaluated_key))
+        })
+        .await?;
+        items.iter().map(decode_job).collect()
     }
 
     async fn get_chain(&self, job_id: &str, chain_id: &str) -> Result<Option<Chain>, StoreError> {
@@ -345,11 +373,7 @@ impl JobWrites for DynamoJobStore {
         let mut doc = job.clone();
         doc.failure = failure;
         let resp = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .key("pk", pk(&job.id))
-            .key("sk", s(JOB_SK))
+            .update_job_item(&job.id)
             .update_expression("SET #st = :s, doc = :doc, version = :next")
             .condition_expression("version = :v")
             .expression_attribute_names("#st", "status")
@@ -359,20 +383,12 @@ impl JobWrites for DynamoJobStore {
             .expression_attribute_values(":v", n(job.version))
             .send()
             .await;
-        match resp {
-            Ok(_) => Ok(()),
-            Err(e) if is_conditional_failure(&e) => Err(StoreError::Conflict),
-            Err(e) => Err(backend(e)),
-        }
+        conditional(resp)
     }
 
     async fn cancel_job(&self, job_id: &str) -> Result<bool, StoreError> {
         let resp = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .key("pk", pk(job_id))
-            .key("sk", s(JOB_SK))
+            .update_job_item(job_id)
             .update_expression("SET #st = :c ADD version :one")
             .condition_expression("attribute_exists(pk) AND #st <> :c")
             .expression_attribute_names("#st", "status")
@@ -557,11 +573,7 @@ impl PollCounter for DynamoJobStore {
             attrs.and_then(|a| attr_num(&a, "polls").ok()).unwrap_or(1) as u64
         };
         let within = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .key("pk", pk(job_id))
-            .key("sk", s(JOB_SK))
+            .update_job_item(job_id)
             .update_expression("ADD polls :one")
             .condition_expression("attribute_exists(pk) AND poll_window > :cutoff")
             .expression_attribute_values(":one", n(1))
@@ -575,11 +587,7 @@ impl PollCounter for DynamoJobStore {
             Err(e) => return Err(backend(e)),
         }
         let fresh = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .key("pk", pk(job_id))
-            .key("sk", s(JOB_SK))
+            .update_job_item(job_id)
             .update_expression("SET poll_window = :now, polls = :one")
             .condition_expression("attribute_exists(pk)")
             .expression_attribute_values(":now", n(now))
