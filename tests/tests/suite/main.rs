@@ -6,6 +6,7 @@ mod common;
 
 mod api;
 mod compartment;
+mod conformance;
 mod duplicate_delivery;
 mod export_e2e;
 mod failed_steps_and_secrets;
