@@ -244,13 +244,21 @@ impl DynamoJobStore {
 
     async fn query_prefix(&self, job_id: &str, prefix: &str) -> Result<Vec<Item>, StoreError> {
         all_pages(|start| async move {
-            let resp = self
+            // DynamoDB refuses an empty string in a key condition, so "every
+            // item of the job" is a condition on the partition key alone.
+            let query = self
                 .client
                 .query()
                 .table_name(&self.table)
-                .key_condition_expression("pk = :pk AND begins_with(sk, :p)")
-                .expression_attribute_values(":pk", pk(job_id))
-                .expression_attribute_values(":p", s(prefix))
+                .expression_attribute_values(":pk", pk(job_id));
+            let query = if prefix.is_empty() {
+                query.key_condition_expression("pk = :pk")
+            } else {
+                query
+                    .key_condition_expression("pk = :pk AND begins_with(sk, :p)")
+                    .expression_attribute_values(":p", s(prefix))
+            };
+            let resp = query
                 .consistent_read(true)
                 .set_exclusive_start_key(start)
                 .send()

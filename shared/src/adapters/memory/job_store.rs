@@ -247,17 +247,20 @@ impl ChainWrites for MemoryJobStore {
         // operations on one item (a ValidationException, not a failed
         // condition).
         if new.len() + 2 > MAX_TRANSACTION_ITEMS {
-            return Err(StoreError::Backend(format!(
-                "a transaction holds at most {MAX_TRANSACTION_ITEMS} items"
-            )));
+            return Err(StoreError::Backend(
+                format!("a transaction holds at most {MAX_TRANSACTION_ITEMS} items").into(),
+            ));
         }
         let mut items = BTreeSet::from([(chain.job_id.as_str(), chain.chain_id.as_str())]);
         for c in new {
             if !items.insert((c.job_id.as_str(), c.chain_id.as_str())) {
-                return Err(StoreError::Backend(format!(
-                    "transaction names chain {} of job {} twice",
-                    c.chain_id, c.job_id
-                )));
+                return Err(StoreError::Backend(
+                    format!(
+                        "transaction names chain {} of job {} twice",
+                        c.chain_id, c.job_id
+                    )
+                    .into(),
+                ));
             }
         }
         check_chain_version(state.jobs.get(&chain.job_id), chain)?;

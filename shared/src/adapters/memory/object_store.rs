@@ -157,9 +157,12 @@ impl ObjectStore for MemoryObjectStore {
         body: Bytes,
     ) -> Result<String, ObjectError> {
         if !(1..=MAX_PART_NUMBER).contains(&part_number) {
-            return Err(ObjectError::Backend(format!(
-                "InvalidArgument: part number {part_number} is not in 1..={MAX_PART_NUMBER}"
-            )));
+            return Err(ObjectError::Backend(
+                format!(
+                    "InvalidArgument: part number {part_number} is not in 1..={MAX_PART_NUMBER}"
+                )
+                .into(),
+            ));
         }
         let mut state = lock(&self.state);
         let upload = upload_of(&mut state, key, upload_id)?;
@@ -187,16 +190,16 @@ impl ObjectStore for MemoryObjectStore {
             let body = match upload.parts.get(&number) {
                 Some((stored, body)) if same_etag(stored, etag) => body,
                 _ => {
-                    return Err(ObjectError::Backend(format!(
-                        "InvalidPart: part {number} with ETag {etag} was not uploaded"
-                    )));
+                    return Err(ObjectError::Backend(
+                        format!("InvalidPart: part {number} with ETag {etag} was not uploaded")
+                            .into(),
+                    ));
                 }
             };
             if number < etags.len() as u32 && body.len() < self.min_part_size {
-                return Err(ObjectError::Backend(format!(
-                    "EntityTooSmall: part {number} has {} bytes",
-                    body.len()
-                )));
+                return Err(ObjectError::Backend(
+                    format!("EntityTooSmall: part {number} has {} bytes", body.len()).into(),
+                ));
             }
             total += body.len();
         }
