@@ -753,7 +753,24 @@ async fn next_file_number_counts_from_one_per_job_and_type(b: &Backend) {
     assert_eq!(next("j1", "Patient").await, 2);
 }
 
+/// Real DynamoDB applies an `ADD` update atomically, and so do dynoxide and
+/// memory. moto does not under concurrent requests (seen: two callers both
+/// got 2), so on the external lane the same calls run one after another:
+/// the numbering is checked there, the atomicity where the backend has it.
 async fn concurrent_next_file_number_never_repeats(b: &Backend) {
+    if b.kind == Kind::External {
+        let mut got = Vec::new();
+        for _ in 0..16 {
+            got.push(
+                b.store
+                    .next_file_number("j1", "Observation", EXPIRES_AT)
+                    .await
+                    .unwrap(),
+            );
+        }
+        assert_eq!(got, (1..=16).collect::<Vec<u32>>());
+        return;
+    }
     let tasks: Vec<_> = (0..16)
         .map(|_| {
             let store = b.store.clone();
