@@ -31,6 +31,10 @@ step "cfn-lint template.yaml"
 step "tests, embedded lane (dynoxide + s3s-fs in process)"
 cargo test --workspace --locked -- --test-threads=2
 
+# partitions:: is left to the embedded lane: it delivers every step twice at
+# once, and moto applies UpdateItem ADD (file numbers, the job's chain
+# counter) without atomicity under concurrent requests, which real DynamoDB
+# and dynoxide guarantee (see the conformance suite's file-number case).
 step "tests, moto lane (the same store and S3 tests against moto_server)"
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()')
 .venv-test/bin/moto_server -H 127.0.0.1 -p "$PORT" > "$ROOT/target/moto.log" 2>&1 &
@@ -44,6 +48,6 @@ curl -fs "http://127.0.0.1:$PORT/moto-api/" > /dev/null
 AWS_ENDPOINT_URL_DYNAMODB="http://127.0.0.1:$PORT" AWS_ENDPOINT_URL_S3="http://127.0.0.1:$PORT" \
 AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_REGION=us-east-1 \
   cargo test -p bulk-export --test kill_restart -p bulk-export-tests --locked --test suite --test security -- --test-threads=2 \
-    --skip compartment:: --skip template::
+    --skip compartment:: --skip template:: --skip partitions::
 
 step "all checks passed"
