@@ -3,13 +3,15 @@
 use crate::api::status::load_visible_job;
 use crate::fhir::outcome::{ApiError, Severity, fhir_json, operation_outcome};
 use crate::model::Caller;
-use crate::ports::services::{ReadJobs, ScheduleSteps, Settings, StoreObjects, WriteJobs};
+use crate::ports::services::{
+    ReadJobs, ScheduleSteps, Settings, StoreObjects, WriteChains, WriteJobs,
+};
 use bytes::Bytes;
 use http::{Response, StatusCode};
 
 /// Cancels a queued, running or complete job.
 pub async fn cancel(
-    svc: &(impl ReadJobs + ScheduleSteps + Settings + StoreObjects + WriteJobs),
+    svc: &(impl ReadJobs + ScheduleSteps + Settings + StoreObjects + WriteChains + WriteJobs),
     caller: &Caller,
     job_id: &str,
 ) -> Result<Response<Bytes>, ApiError> {

@@ -5,6 +5,9 @@ use std::time::Duration;
 
 /// Smallest non-final part S3 accepts.
 pub const MIN_PART_SIZE: usize = 5 * 1024 * 1024;
+/// Largest file size (5 GiB): at most 1025 parts of a file, so each part
+/// has at least 9 part numbers for its delivery attempts.
+pub const MAX_FILE_SIZE: usize = 1024 * MIN_PART_SIZE;
 
 /// Settings for exports, read once at startup.
 #[derive(Debug, Clone)]
@@ -185,6 +188,14 @@ impl ExportConfig {
             return Err(err(
                 "BULK_EXPORT_MAX_FILE_SIZE",
                 "must be at least twice the part size".into(),
+            ));
+        }
+        // Each part of a file owns a range of S3's 10,000 part numbers, one
+        // slot per delivery attempt: keep at least 8 slots per part.
+        if self.max_file_size > MAX_FILE_SIZE {
+            return Err(err(
+                "BULK_EXPORT_MAX_FILE_SIZE",
+                format!("must be at most {MAX_FILE_SIZE}"),
             ));
         }
         if self.page_size == 0 || self.page_size > 10_000 {

@@ -145,6 +145,39 @@ pub struct Partition {
     pub upto: Option<String>,
 }
 
+/// One committed part of a multipart upload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UploadedPart {
+    /// S3 part number (ascending within a file, not necessarily consecutive:
+    /// each delivery attempt of a step has numbers of its own).
+    pub number: u32,
+    /// ETag S3 answered for the part.
+    pub etag: String,
+}
+
+/// Chains stored before part numbers were recorded list bare ETags, part
+/// numbers 1..=n.
+fn parts_compat<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<UploadedPart>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Stored {
+        Part(UploadedPart),
+        Etag(String),
+    }
+    let stored = Vec::<Stored>::deserialize(d)?;
+    Ok(stored
+        .into_iter()
+        .enumerate()
+        .map(|(i, p)| match p {
+            Stored::Part(p) => p,
+            Stored::Etag(etag) => UploadedPart {
+                number: i as u32 + 1,
+                etag,
+            },
+        })
+        .collect())
+}
+
 /// A multipart upload a chain is appending to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OpenFile {
@@ -154,8 +187,9 @@ pub struct OpenFile {
     pub key: String,
     /// S3 multipart upload id.
     pub upload_id: String,
-    /// Uploaded parts: ETag per part number (1-based, in order).
-    pub parts: Vec<String>,
+    /// Committed parts, in order.
+    #[serde(deserialize_with = "parts_compat")]
+    pub parts: Vec<UploadedPart>,
     /// Bytes uploaded so far.
     pub bytes: u64,
     /// Lines (resources) uploaded so far.
@@ -205,8 +239,13 @@ pub struct Chain {
     pub total: Option<u64>,
     /// Unix seconds of the last committed step.
     pub heartbeat: i64,
-    /// Times the watchdog restarted this chain.
+    /// Times the watchdog restarted this chain since its last progress.
     pub restarts: u32,
+    /// Delivery attempts that claimed the chain (each invocation claims it
+    /// with a versioned write before it uploads anything, so an earlier
+    /// delivery of the same step can no longer commit).
+    #[serde(default)]
+    pub attempt: u64,
     /// Hashes of the page cursors followed (most recent last), to detect loops.
     #[serde(default)]
     pub visited: Vec<u64>,
@@ -218,9 +257,23 @@ pub struct Chain {
     /// chains' output, instead of a search of the source.
     #[serde(default)]
     pub referenced: bool,
+    /// Why the chain is failing, once a failure claimed it; its side effects
+    /// (files completed, the error file written) are then redone by any
+    /// delivery until the chain is `Failed`.
+    #[serde(default)]
+    pub failure: Option<ChainFailure>,
     /// Optimistic-locking version.
     #[serde(skip)]
     pub version: u64,
+}
+
+/// A chain's failure, recorded before its side effects.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChainFailure {
+    /// The OperationOutcome's text.
+    pub message: String,
+    /// The number of the error file that holds it.
+    pub error_file: u32,
 }
 
 /// What a finished file holds.
@@ -308,9 +361,11 @@ pub fn new_chain(job_id: &str, chain_id: &str, resource_type: &str) -> Chain {
         total: None,
         heartbeat: now_millis().unix_timestamp(),
         restarts: 0,
+        attempt: 0,
         visited: Vec::new(),
         partition: None,
         referenced: false,
+        failure: None,
         version: 0,
     }
 }

@@ -1,5 +1,6 @@
 //! The object store port: multipart NDJSON uploads, small puts, presigned GETs.
 
+use crate::model::UploadedPart;
 use async_trait::async_trait;
 use bytes::Bytes;
 use std::time::Duration;
@@ -11,6 +12,11 @@ pub enum ObjectError {
     /// The multipart upload no longer exists (completed or aborted).
     #[error("no such upload")]
     NoSuchUpload,
+    /// A completion named a part that is not stored under that number with
+    /// that ETag (S3's `InvalidPart`/`InvalidPartOrder`): the upload does
+    /// not hold the committed bytes.
+    #[error("invalid part: {0}")]
+    InvalidPart(String),
     /// The backing service failed (after the SDK's own retries).
     #[error("object store: {}", crate::ports::error_chain(.0.as_ref()))]
     Backend(#[source] crate::ports::BoxError),
@@ -29,12 +35,13 @@ pub trait ObjectStore: Send + Sync {
         part_number: u32,
         body: Bytes,
     ) -> Result<String, ObjectError>;
-    /// Completes an upload from its parts' ETags (part numbers 1..=n).
+    /// Completes an upload from its parts (ascending part numbers, gaps
+    /// allowed; parts not named are dropped).
     async fn complete_upload(
         &self,
         key: &str,
         upload_id: &str,
-        etags: &[String],
+        parts: &[UploadedPart],
     ) -> Result<(), ObjectError>;
     /// Aborts an upload; succeeds if it is already gone.
     async fn abort_upload(&self, key: &str, upload_id: &str) -> Result<(), ObjectError>;

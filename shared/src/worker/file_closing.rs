@@ -77,7 +77,11 @@ pub(crate) async fn complete_file(
         // A duplicate of this step may have completed it already (or be doing
         // so right now): the file counts as complete only if it is whole.
         if !object_appears(svc, &open.key, Some(open.bytes)).await? {
-            if matches!(e, ObjectError::NoSuchUpload) {
+            // Gone, or not holding the committed parts: either way the
+            // committed bytes are not in the store, so the file is exported
+            // again from its start.
+            if matches!(e, ObjectError::NoSuchUpload | ObjectError::InvalidPart(_)) {
+                tracing::warn!(file = %open.key, error = %e, "upload does not hold the committed parts");
                 return Err(StepError::UploadLost(open.key.clone()));
             }
             return Err(e.into());

@@ -4,7 +4,9 @@
 
 use crate::fhir::instant::unix_now;
 use crate::fhir::outcome::{Severity, operation_outcome};
-use crate::model::{Chain, ChainState, FileKind, FileRecord, Job, JobStatus, file_name};
+use crate::model::{
+    Chain, ChainFailure, ChainState, FileKind, FileRecord, Job, JobStatus, file_name,
+};
 use crate::ports::job_store::StoreError;
 use crate::ports::job_store::won;
 use crate::ports::object_store::ObjectError;
@@ -16,7 +18,7 @@ use crate::worker::file_closing::complete_file;
 use crate::worker::outcome::{StepError, StepOutcome};
 use bytes::Bytes;
 
-/// Writes one OperationOutcome line into a new error file of the job.
+/// Writes one OperationOutcome line per message into a new error file of the job.
 pub async fn write_error_file(
     svc: &(impl RecordFiles + StoreObjects),
     job: &Job,
@@ -25,6 +27,20 @@ pub async fn write_error_file(
     if messages.is_empty() {
         return Ok(());
     }
+    let number = svc
+        .files()
+        .next_file_number(&job.id, "OperationOutcome", job.expires_at)
+        .await?;
+    write_error_file_numbered(svc, job, number, messages).await
+}
+
+/// Writes error file `number` (idempotently: the same object and record).
+async fn write_error_file_numbered(
+    svc: &(impl RecordFiles + StoreObjects),
+    job: &Job,
+    number: u32,
+    messages: &[String],
+) -> Result<(), StepError> {
     let mut body = Vec::new();
     for m in messages {
         let oo = operation_outcome(Severity::Error, "processing", m);
@@ -32,10 +48,6 @@ pub async fn write_error_file(
             .map_err(|e| ObjectError::Backend(e.to_string().into()))?;
         body.push(b'\n');
     }
-    let number = svc
-        .files()
-        .next_file_number(&job.id, "OperationOutcome", job.expires_at)
-        .await?;
     let key = format!("{}/{}", job.folder, file_name("OperationOutcome", number));
     let bytes = body.len() as u64;
     svc.objects().put_object(&key, Bytes::from(body)).await?;
@@ -52,15 +64,49 @@ pub async fn write_error_file(
     Ok(())
 }
 
-/// Ends a chain whose source failed permanently (or that stalled too often): what it exported so far is
-/// kept, and an OperationOutcome explains the rest.
+/// Ends a chain whose source failed permanently (or that stalled too often):
+/// what it exported so far is kept, and an OperationOutcome explains the
+/// rest. The failure is claimed first (a versioned write recording the
+/// message and its error file's number), so a stale delivery touches
+/// nothing, and a retried failure writes the same error file again instead
+/// of a second one.
 pub async fn fail_chain(
     svc: &impl LifecycleServices,
     job: &Job,
     mut chain: Chain,
     err: &(dyn std::fmt::Display + Sync),
 ) -> Result<StepOutcome, StepError> {
-    tracing::warn!(job_id = %job.id, chain = %chain.chain_id, error = %err, "chain failed");
+    if chain.failure.is_none() {
+        tracing::warn!(job_id = %job.id, chain = %chain.chain_id, error = %err, "chain failed");
+        let message = format!(
+            "Export of {} stopped after {} resources: {}",
+            chain.resource_type, chain.exported, err
+        );
+        let error_file = svc
+            .files()
+            .next_file_number(&job.id, "OperationOutcome", job.expires_at)
+            .await?;
+        chain.failure = Some(ChainFailure {
+            message,
+            error_file,
+        });
+        if !won(svc.chains().save_chain(&mut chain).await)? {
+            return Ok(StepOutcome::Stale);
+        }
+    }
+    finish_failure(svc, job, chain).await
+}
+
+/// The side effects of a claimed failure (each idempotent), then the chain's
+/// end: its files completed, its error file written.
+pub(crate) async fn finish_failure(
+    svc: &impl LifecycleServices,
+    job: &Job,
+    mut chain: Chain,
+) -> Result<StepOutcome, StepError> {
+    let Some(failure) = chain.failure.clone() else {
+        return Ok(StepOutcome::Stale);
+    };
     if let Some(closing) = chain.closing.take() {
         complete_file(svc, job, &chain.resource_type, &closing).await?;
     }
@@ -73,11 +119,7 @@ pub async fn fail_chain(
             complete_file(svc, job, &chain.resource_type, &open).await?;
         }
     }
-    let message = format!(
-        "Export of {} stopped after {} resources: {}",
-        chain.resource_type, chain.exported, err
-    );
-    write_error_file(svc, job, &[message]).await?;
+    write_error_file_numbered(svc, job, failure.error_file, &[failure.message]).await?;
     chain.state = ChainState::Failed;
     chain.heartbeat = unix_now();
     finish(svc, job, &mut chain).await
@@ -141,12 +183,17 @@ pub async fn maybe_complete_job(
         }
         match job.status {
             JobStatus::Queued | JobStatus::Running => {
-                let completed = svc
-                    .job_writes()
-                    .set_job_status(&job, JobStatus::Complete, None)
-                    .await;
+                let (ended, reasons) = chain_results(svc, &job).await?;
+                let (status, failure) = match ended {
+                    ChainResults::NoneSucceeded => (
+                        JobStatus::Failed,
+                        Some(format!("No resource type could be exported. {reasons}")),
+                    ),
+                    _ => (JobStatus::Complete, None),
+                };
+                let completed = svc.job_writes().set_job_status(&job, status, failure).await;
                 if won(completed)? {
-                    return on_complete(svc, &job).await;
+                    return on_complete(svc, &job, ended).await;
                 }
             }
             JobStatus::Cancelled => {
@@ -162,14 +209,63 @@ pub async fn maybe_complete_job(
     Ok(())
 }
 
-/// What follows a job's completion, once: the schedule's success, the
-/// removal of working objects, and the next queued job.
-async fn on_complete(
-    svc: &(impl LogSchedules + ReadJobs + ScheduleSteps + Settings + StoreObjects + WriteJobs),
+/// How a job's chains ended, once every one has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ChainResults {
+    /// Every chain exported its whole source.
+    AllDone,
+    /// Some chains failed, at least one exported its source.
+    SomeFailed,
+    /// Chains failed and none exported its source.
+    NoneSucceeded,
+}
+
+/// How the chains ended, and the first failed chains' reasons.
+async fn chain_results(
+    svc: &impl ReadJobs,
     job: &Job,
+) -> Result<(ChainResults, String), StepError> {
+    /// Reasons quoted in a failed job's outcome (the rest are alike or in
+    /// the logs).
+    const QUOTED: usize = 3;
+    let chains = svc.jobs().list_chains(&job.id).await?;
+    let done = chains
+        .iter()
+        .filter(|c| c.state == ChainState::Done)
+        .count();
+    let reasons: Vec<&str> = chains
+        .iter()
+        .filter_map(|c| c.failure.as_ref().map(|f| f.message.as_str()))
+        .take(QUOTED)
+        .collect();
+    let ended = if done == chains.len() {
+        ChainResults::AllDone
+    } else if done > 0 {
+        ChainResults::SomeFailed
+    } else {
+        ChainResults::NoneSucceeded
+    };
+    Ok((ended, reasons.join(" ")))
+}
+
+/// What follows a job's end, once: the schedule's success (only when every
+/// chain exported its whole source: the next `since: last-success` export
+/// must not skip what a failed chain missed), the removal of working
+/// objects, and the next queued job.
+async fn on_complete(
+    svc: &(
+         impl LogSchedules + ReadJobs + ScheduleSteps + Settings + StoreObjects + WriteChains + WriteJobs
+     ),
+    job: &Job,
+    ended: ChainResults,
 ) -> Result<(), StepError> {
     let job_id = job.id.as_str();
-    if let Some(schedule) = &job.schedule {
+    if ended != ChainResults::AllDone {
+        tracing::warn!(job_id, ?ended, "export ended with failed chains");
+    }
+    if let Some(schedule) = &job.schedule
+        && ended == ChainResults::AllDone
+    {
         svc.schedules()
             .record_schedule_success(schedule, &job.transaction_time)
             .await?;
@@ -220,7 +316,7 @@ async fn start_waiting_chains(
 /// Starts queued jobs while slots are free, oldest first. Safe to call from
 /// anywhere at any time: each start is a conditional status change.
 pub async fn promote_queued(
-    svc: &(impl ReadJobs + ScheduleSteps + Settings + WriteJobs),
+    svc: &(impl ReadJobs + ScheduleSteps + Settings + WriteChains + WriteJobs),
 ) -> Result<usize, StoreError> {
     let active = svc.jobs().active_jobs().await?;
     let mut running: Vec<String> = active
@@ -250,8 +346,13 @@ pub async fn promote_queued(
         {
             continue;
         }
-        for chain in svc.jobs().list_chains(&job.id).await? {
+        for mut chain in svc.jobs().list_chains(&job.id).await? {
             if chain.state != crate::model::ChainState::Running {
+                continue;
+            }
+            // Time spent queued is not a stall: the watchdog measures from here.
+            chain.heartbeat = unix_now();
+            if !won(svc.chains().save_chain(&mut chain).await)? {
                 continue;
             }
             let ev = chain.event();

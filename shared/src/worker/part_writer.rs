@@ -6,10 +6,10 @@
 
 use crate::fhir::instant::unix_now;
 use crate::model::config::MIN_PART_SIZE;
-use crate::model::{Chain, ChainState, Job, OpenFile, file_name};
+use crate::model::{Chain, ChainState, Job, OpenFile, UploadedPart, file_name};
 use crate::ports::job_store::won;
 use crate::ports::object_store::ObjectError;
-use crate::ports::services::{LifecycleServices, RecordFiles, StoreObjects, WriteChains};
+use crate::ports::services::{LifecycleServices, RecordFiles, Settings, StoreObjects, WriteChains};
 use crate::worker::file_closing::{complete_file, object_appears};
 use crate::worker::lifecycle::finish;
 use crate::worker::outcome::{StepError, StepOutcome};
@@ -18,6 +18,20 @@ use tokio::task::JoinHandle;
 
 /// Page cursors remembered per chain to detect `next` links that loop.
 const MAX_VISITED: usize = 2000;
+/// S3 part numbers are 1..=10000.
+const MAX_PART_NUMBER: u32 = 10_000;
+
+/// The S3 part number of part `index` (0-based) of a file written by
+/// delivery `attempt`. Each index owns a range of numbers, ascending with the
+/// index, and each attempt a slot in it: a delivery that lost the chain to a
+/// later one may still finish an upload, but never under a number the
+/// winner commits, so a committed part's bytes are never replaced.
+pub(crate) fn part_number(index: usize, attempt: u64, max_file_size: usize) -> u32 {
+    // Every part but a file's last has at least MIN_PART_SIZE bytes.
+    let parts_per_file = (max_file_size / MIN_PART_SIZE) as u32 + 1;
+    let slots = (MAX_PART_NUMBER / parts_per_file).max(1);
+    index as u32 * slots + (attempt % u64::from(slots)) as u32 + 1
+}
 
 /// What one part read from the source, and where the chain stands after it.
 pub(crate) struct PartData {
@@ -38,6 +52,7 @@ pub(crate) struct PartData {
 /// A part whose upload may still be running.
 pub(crate) struct PendingPart {
     upload: Option<JoinHandle<Result<String, ObjectError>>>,
+    number: u32,
     bytes: u64,
     count: u64,
     cursor: Option<String>,
@@ -50,22 +65,21 @@ impl PendingPart {
     /// Starts uploading `data` as the next part of `open` (the chain's open
     /// file; a part with bytes needs one).
     pub(crate) fn start(
-        svc: &(impl RecordFiles + StoreObjects + Clone + Send + Sync + 'static),
-        open: Option<&OpenFile>,
+        svc: &(impl RecordFiles + StoreObjects + Settings + Clone + Send + Sync + 'static),
+        chain: &Chain,
         data: PartData,
     ) -> Result<Self, StepError> {
         let bytes = data.buf.len() as u64;
+        let mut number = 0;
         let upload = if data.buf.is_empty() {
             None
         } else {
-            let open = open.ok_or_else(|| {
+            let open = chain.open_file.as_ref().ok_or_else(|| {
                 ObjectError::Backend("a part has bytes but its chain has no open file".into())
             })?;
             let objects = svc.objects().clone();
             let (key, upload_id) = (open.key.clone(), open.upload_id.clone());
-            // Part numbers follow from the committed parts, so a retried step
-            // overwrites the same part.
-            let number = open.parts.len() as u32 + 1;
+            number = part_number(open.parts.len(), chain.attempt, svc.config().max_file_size);
             let body = Bytes::from(data.buf);
             Some(tokio::spawn(async move {
                 objects.upload_part(&key, &upload_id, number, body).await
@@ -73,6 +87,7 @@ impl PendingPart {
         };
         Ok(Self {
             upload,
+            number,
             bytes,
             count: data.count,
             cursor: data.cursor,
@@ -154,7 +169,10 @@ pub(crate) async fn commit(
             Err(e) => return Err(e.into()),
         };
         if let Some(open) = chain.open_file.as_mut() {
-            open.parts.push(etag);
+            open.parts.push(UploadedPart {
+                number: part.number,
+                etag,
+            });
             open.bytes += part.bytes;
             open.count += part.count;
         }
@@ -168,6 +186,8 @@ pub(crate) async fn commit(
     chain.total = total;
     chain.step += 1;
     chain.heartbeat = unix_now();
+    // Progress: stalls before this one say nothing about the chain's health.
+    chain.restarts = 0;
     tracing::info!(
         resources = part.count,
         bytes = part.bytes,

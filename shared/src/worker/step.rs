@@ -15,7 +15,7 @@ use crate::ports::services::{
 };
 use crate::ports::source::{Page, SourceError};
 use crate::worker::file_closing::Closing;
-use crate::worker::lifecycle::{cancel_chain, fail_chain};
+use crate::worker::lifecycle::{cancel_chain, fail_chain, finish_failure};
 use crate::worker::outcome::{StepError, StepOutcome};
 use crate::worker::page_pipeline::{PageQuery, Prefetch};
 use crate::worker::part_writer::{self, PartData, PendingPart};
@@ -149,11 +149,31 @@ async fn run_step_once(
         // Queued jobs start only through admission control.
         return Ok(StepOutcome::Stale);
     }
+    let Some(chain) = claim(svc, chain).await? else {
+        return Ok(StepOutcome::Stale);
+    };
+    if chain.failure.is_some() {
+        // A failure was claimed and its side effects did not all finish.
+        return finish_failure(svc, &job, chain).await;
+    }
     let span =
         tracing::info_span!("step", job_id = %job.id, chain = %chain.chain_id, step = chain.step);
     export_parts(svc, job, chain, deadline, committed)
         .instrument(span)
         .await
+}
+
+/// Claims the chain for this delivery with a versioned write before anything
+/// is uploaded: an earlier delivery of the same step then loses every later
+/// write, and this one uploads under part numbers of its own (see
+/// `part_writer::part_number`). `None` if another delivery claimed it first.
+async fn claim(svc: &impl WriteChains, mut chain: Chain) -> Result<Option<Chain>, StepError> {
+    chain.attempt += 1;
+    if won(svc.chains().save_chain(&mut chain).await)? {
+        Ok(Some(chain))
+    } else {
+        Ok(None)
+    }
 }
 
 /// Commits the pending part, if any; `Some` ends the step with that outcome.
@@ -618,11 +638,7 @@ impl<'a, S: StepServices> PartsRun<'a, S> {
         {
             return Ok(false);
         }
-        self.pending = Some(PendingPart::start(
-            self.svc,
-            self.chain.open_file.as_ref(),
-            part,
-        )?);
+        self.pending = Some(PendingPart::start(self.svc, &self.chain, part)?);
         self.parts_started += 1;
         Ok(true)
     }

@@ -4,6 +4,8 @@
 //! those servers, each test using its own table and bucket.
 #![allow(dead_code)]
 
+pub mod lossy;
+
 use bulk_export::aws_clients::Endpoints;
 use bulk_export::http_server::no_auth;
 use bulk_export::stack::{SourceSpec, Stack, StackOptions, build, start};

@@ -19,7 +19,7 @@ use bulk_export::stack::{SourceSpec, Stack};
 use bulk_export_core::adapters::memory::{MIN_PART_SIZE, MemoryJobStore, MemoryObjectStore};
 use bulk_export_core::model::{
     Chain, ChainState, ExportLevel, ExportRequest, FileKind, FileRecord, Job, JobStatus, Partition,
-    PatientScope, new_chain,
+    PatientScope, UploadedPart, new_chain,
 };
 use bulk_export_core::ports::job_store::{JobStore, StoreError};
 use bulk_export_core::ports::object_store::{ObjectError, ObjectStore};
@@ -153,6 +153,7 @@ on_every_backend!(
     multipart_upload_concatenates_its_parts_in_order,
     a_reuploaded_part_replaces_the_earlier_one,
     completing_with_a_stale_etag_fails,
+    part_numbers_may_have_gaps_and_must_ascend,
     a_small_part_before_the_last_fails_completion,
     completion_takes_only_the_named_parts,
     abort_ends_the_upload_and_is_idempotent,
@@ -266,6 +267,14 @@ fn assert_no_such_upload<T: Debug>(result: Result<T, ObjectError>, what: &str) {
     match result {
         Err(ObjectError::NoSuchUpload) => {}
         other => panic!("{what}: expected NoSuchUpload, got {other:?}"),
+    }
+}
+
+#[track_caller]
+fn assert_invalid_part<T: Debug>(result: Result<T, ObjectError>, what: &str) {
+    match result {
+        Err(ObjectError::InvalidPart(_)) => {}
+        other => panic!("{what}: expected InvalidPart, got {other:?}"),
     }
 }
 
@@ -903,6 +912,18 @@ fn big_part(byte: u8) -> Bytes {
     Bytes::from(vec![byte; MIN_PART_SIZE])
 }
 
+/// Parts numbered 1..=n with these ETags.
+fn numbered(etags: &[String]) -> Vec<UploadedPart> {
+    etags
+        .iter()
+        .enumerate()
+        .map(|(i, etag)| UploadedPart {
+            number: i as u32 + 1,
+            etag: etag.clone(),
+        })
+        .collect()
+}
+
 fn concat(parts: &[&Bytes]) -> Bytes {
     parts.iter().flat_map(|p| p.iter().copied()).collect()
 }
@@ -924,7 +945,7 @@ async fn multipart_upload_concatenates_its_parts_in_order(b: &Backend) {
         .unwrap();
     assert_ne!(e1, e2);
     b.objects
-        .complete_upload(key, &id, &[e1.clone(), e2.clone()])
+        .complete_upload(key, &id, &numbered(&[e1.clone(), e2.clone()]))
         .await
         .unwrap();
 
@@ -945,7 +966,11 @@ async fn multipart_upload_concatenates_its_parts_in_order(b: &Backend) {
     // A repeated completion either answers NoSuchUpload or, as S3 may for a
     // retry of a completion that succeeded (and moto does), succeeds again;
     // either way the object stays as completed.
-    match b.objects.complete_upload(key, &id, &[e1, e2]).await {
+    match b
+        .objects
+        .complete_upload(key, &id, &numbered(&[e1, e2]))
+        .await
+    {
         Ok(()) | Err(ObjectError::NoSuchUpload) => {}
         Err(e) => panic!("a second completion: expected Ok or NoSuchUpload, got {e:?}"),
     }
@@ -982,7 +1007,7 @@ async fn a_reuploaded_part_replaces_the_earlier_one(b: &Backend) {
         .await
         .unwrap();
     b.objects
-        .complete_upload(key, &id, &[e1, e2])
+        .complete_upload(key, &id, &numbered(&[e1, e2]))
         .await
         .unwrap();
     let got = b.objects.get_object(key).await.unwrap().unwrap();
@@ -1006,29 +1031,68 @@ async fn completing_with_a_stale_etag_fails(b: &Backend) {
         .upload_part(key, &id, 1, Bytes::from_static(b"new\n"))
         .await
         .unwrap();
-    let with_stale = b.objects.complete_upload(key, &id, &[stale]).await;
-    if b.kind == Kind::Embedded {
-        // s3s-fs does not compare ETags: it completes with whatever part 1
-        // holds (real S3 and moto answer InvalidPart and keep the upload).
-        with_stale.unwrap();
-        assert!(b.objects.get_object(key).await.unwrap().unwrap() == "new\n");
-        return;
-    }
-    assert_backend_error(with_stale, "completion with a replaced part's ETag");
+    let with_stale = b
+        .objects
+        .complete_upload(key, &id, &numbered(&[stale]))
+        .await;
+    assert_invalid_part(with_stale, "completion with a replaced part's ETag");
     // A part that was never uploaded.
-    assert_backend_error(
-        b.objects
-            .complete_upload(key, &id, &[current.clone(), "\"0123\"".to_string()])
-            .await,
+    let never = UploadedPart {
+        number: 2,
+        etag: "\"0123\"".to_string(),
+    };
+    assert_invalid_part(
+        b.objects.complete_upload(key, &id, &[never]).await,
         "completion naming a part never uploaded",
     );
     assert_eq!(b.objects.object_size(key).await.unwrap(), None);
     // A failed completion leaves the upload usable.
     b.objects
-        .complete_upload(key, &id, &[current])
+        .complete_upload(key, &id, &numbered(&[current]))
         .await
         .unwrap();
     assert!(b.objects.get_object(key).await.unwrap().unwrap() == "new\n");
+}
+
+async fn part_numbers_may_have_gaps_and_must_ascend(b: &Backend) {
+    // Each delivery attempt of a step uploads under numbers of its own: a
+    // completion names the committed ones, gaps between them allowed.
+    let key = "out/j1/Device-1.ndjson";
+    let id = b.objects.create_upload(key).await.unwrap();
+    let (p1, p2) = (big_part(b'g'), Bytes::from_static(b"{\"gap\":true}\n"));
+    let e1 = b
+        .objects
+        .upload_part(key, &id, 4, p1.clone())
+        .await
+        .unwrap();
+    // A losing attempt's part of the same index, never committed.
+    let loser = b
+        .objects
+        .upload_part(key, &id, 5, big_part(b'l'))
+        .await
+        .unwrap();
+    let e2 = b
+        .objects
+        .upload_part(key, &id, 9, p2.clone())
+        .await
+        .unwrap();
+    let part = |number, etag: &String| UploadedPart {
+        number,
+        etag: etag.clone(),
+    };
+    assert_invalid_part(
+        b.objects
+            .complete_upload(key, &id, &[part(5, &loser), part(4, &e1)])
+            .await,
+        "descending part numbers",
+    );
+    assert_eq!(b.objects.object_size(key).await.unwrap(), None);
+    b.objects
+        .complete_upload(key, &id, &[part(4, &e1), part(9, &e2)])
+        .await
+        .unwrap();
+    let got = b.objects.get_object(key).await.unwrap().unwrap();
+    assert!(got == concat(&[&p1, &p2]), "only the named parts, in order");
 }
 
 async fn a_small_part_before_the_last_fails_completion(b: &Backend) {
@@ -1045,20 +1109,17 @@ async fn a_small_part_before_the_last_fails_completion(b: &Backend) {
         .upload_part(key, &id, 2, Bytes::from_static(b"tail\n"))
         .await
         .unwrap();
-    let result = b.objects.complete_upload(key, &id, &[e1.clone(), e2]).await;
+    let result = b
+        .objects
+        .complete_upload(key, &id, &numbered(&[e1.clone(), e2]))
+        .await;
     assert!(result.is_err(), "EntityTooSmall expected, got {result:?}");
     assert_eq!(b.objects.object_size(key).await.unwrap(), None);
-    if b.kind == Kind::Embedded {
-        // s3s-fs drops the upload before it checks sizes: the failed
-        // completion has lost it (S3 and moto keep it).
-        assert_no_such_upload(
-            b.objects.complete_upload(key, &id, &[e1]).await,
-            "completion after s3s-fs dropped the upload",
-        );
-        return;
-    }
     // A small part is fine as the last one.
-    b.objects.complete_upload(key, &id, &[e1]).await.unwrap();
+    b.objects
+        .complete_upload(key, &id, &numbered(&[e1]))
+        .await
+        .unwrap();
     assert!(b.objects.get_object(key).await.unwrap() == Some(small));
 }
 
@@ -1083,7 +1144,7 @@ async fn completion_takes_only_the_named_parts(b: &Backend) {
         .await
         .unwrap();
     b.objects
-        .complete_upload(key, &id, &[e1, e2])
+        .complete_upload(key, &id, &numbered(&[e1, e2]))
         .await
         .unwrap();
     let got = b.objects.get_object(key).await.unwrap().unwrap();
@@ -1108,7 +1169,7 @@ async fn abort_ends_the_upload_and_is_idempotent(b: &Backend) {
         "a part after abort",
     );
     assert_no_such_upload(
-        b.objects.complete_upload(key, &id, &[e1]).await,
+        b.objects.complete_upload(key, &id, &numbered(&[e1])).await,
         "completion after abort",
     );
     assert_eq!(b.objects.object_size(key).await.unwrap(), None);
@@ -1120,7 +1181,10 @@ async fn abort_ends_the_upload_and_is_idempotent(b: &Backend) {
         .upload_part(key, &done, 1, Bytes::from_static(b"kept\n"))
         .await
         .unwrap();
-    b.objects.complete_upload(key, &done, &[e]).await.unwrap();
+    b.objects
+        .complete_upload(key, &done, &numbered(&[e]))
+        .await
+        .unwrap();
     b.objects.abort_upload(key, &done).await.unwrap();
     assert_eq!(b.objects.object_size(key).await.unwrap(), Some(5));
 }
@@ -1144,10 +1208,16 @@ async fn uploads_are_invisible_until_complete_and_independent(b: &Backend) {
     assert!(b.objects.get_object(key).await.unwrap().is_none());
     assert!(b.objects.list_keys("").await.unwrap().is_empty());
 
-    b.objects.complete_upload(key, &a, &[ea]).await.unwrap();
+    b.objects
+        .complete_upload(key, &a, &numbered(&[ea]))
+        .await
+        .unwrap();
     assert!(b.objects.get_object(key).await.unwrap().unwrap() == "from a\n");
     // The other upload of the key is untouched and replaces the object.
-    b.objects.complete_upload(key, &c, &[ec]).await.unwrap();
+    b.objects
+        .complete_upload(key, &c, &numbered(&[ec]))
+        .await
+        .unwrap();
     assert!(b.objects.get_object(key).await.unwrap().unwrap() == "from c, longer\n");
     assert_eq!(b.objects.list_keys("").await.unwrap(), [key]);
 }
@@ -1173,12 +1243,15 @@ async fn an_upload_id_belongs_to_its_key(b: &Backend) {
         .unwrap();
     assert_no_such_upload(
         b.objects
-            .complete_upload(other, &id, std::slice::from_ref(&e))
+            .complete_upload(other, &id, &numbered(std::slice::from_ref(&e)))
             .await,
         "completion under another key",
     );
     b.objects.abort_upload(other, &id).await.unwrap();
-    b.objects.complete_upload(key, &id, &[e]).await.unwrap();
+    b.objects
+        .complete_upload(key, &id, &numbered(&[e]))
+        .await
+        .unwrap();
     assert_eq!(b.objects.object_size(other).await.unwrap(), None);
     assert_eq!(b.objects.object_size(key).await.unwrap(), Some(6));
 }
@@ -1241,7 +1314,10 @@ async fn delete_prefix_removes_objects_under_the_prefix_only(b: &Backend) {
     b.objects.delete_prefix("a/bc").await.unwrap();
     b.objects.delete_prefix("nothing/").await.unwrap();
 
-    b.objects.complete_upload(open, &id, &[e]).await.unwrap();
+    b.objects
+        .complete_upload(open, &id, &numbered(&[e]))
+        .await
+        .unwrap();
     assert_eq!(b.objects.list_keys("a/bc").await.unwrap(), [open]);
 }
 

@@ -13,6 +13,7 @@ mod failed_steps_and_secrets;
 mod fhir_source;
 mod hostile_input;
 mod lambda_events;
+mod lost_replies;
 mod partitions;
 mod reliability;
 mod s3_source;

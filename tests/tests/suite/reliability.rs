@@ -4,7 +4,7 @@
 
 use crate::common::*;
 use async_trait::async_trait;
-use bulk_export_core::model::{Chain, FileRecord, Job, JobStatus};
+use bulk_export_core::model::{Chain, FileRecord, Job, JobStatus, UploadedPart};
 use bulk_export_core::ports::job_store::{
     ChainWrites, FileRecords, JobReads, JobStore, JobWrites, PollCounter, ScheduleLog, StoreError,
 };
@@ -220,10 +220,10 @@ impl ObjectStore for FlakyObjects {
         &self,
         key: &str,
         upload_id: &str,
-        etags: &[String],
+        parts: &[UploadedPart],
     ) -> Result<(), ObjectError> {
         self.fault()?;
-        let r = self.inner.complete_upload(key, upload_id, etags).await;
+        let r = self.inner.complete_upload(key, upload_id, parts).await;
         // Also fail after a successful completion: the retry must cope.
         self.fault()?;
         r

@@ -7,10 +7,14 @@ use crate::ports::job_store::{
 };
 use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::config::http::HttpResponse;
 use aws_sdk_dynamodb::error::SdkError;
+use aws_sdk_dynamodb::operation::put_item::PutItemError;
+use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, Put,
-    ScalarAttributeType, TimeToLiveSpecification, TransactWriteItem, Update,
+    ReturnValuesOnConditionCheckFailure, ScalarAttributeType, TimeToLiveSpecification,
+    TransactWriteItem, Update,
 };
 use std::collections::HashMap;
 
@@ -90,6 +94,23 @@ where
     Ok(())
 }
 
+/// A random name for one write, stored with the item (`writer`): the SDK
+/// retries a write whose reply was lost, and the retry's failed condition
+/// then shows our own write (`ReturnValuesOnConditionCheckFailure=ALL_OLD`),
+/// not a lost race. Transactions need no name: the SDK gives each a
+/// `ClientRequestToken`, so DynamoDB applies a retried one once.
+fn write_token() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
+/// Whether the item a failed condition returned is the one this write
+/// (named `token`) stored.
+fn wrote_it(old: Option<&Item>, token: &str) -> bool {
+    old.and_then(|i| i.get("writer"))
+        .and_then(|v| v.as_s().ok())
+        .is_some_and(|w| w == token)
+}
+
 fn is_conditional_failure<E, R>(e: &SdkError<E, R>) -> bool
 where
     E: aws_sdk_dynamodb::error::ProvideErrorMetadata,
@@ -104,6 +125,14 @@ where
 }
 
 type Item = HashMap<String, AttributeValue>;
+
+/// The item an UpdateItem's failed condition returned (with ALL_OLD).
+fn update_old_item(e: &SdkError<UpdateItemError, HttpResponse>) -> Option<&Item> {
+    match e.as_service_error() {
+        Some(UpdateItemError::ConditionalCheckFailedException(c)) => c.item(),
+        _ => None,
+    }
+}
 
 fn attr_str<'a>(item: &'a Item, name: &str) -> Result<&'a str, StoreError> {
     item.get(name)
@@ -269,14 +298,15 @@ impl DynamoJobStore {
         .await
     }
 
-    fn chain_update(&self, chain: &Chain) -> Result<Update, StoreError> {
+    fn chain_update(&self, chain: &Chain, token: &str) -> Result<Update, StoreError> {
         Update::builder()
             .table_name(&self.table)
             .key("pk", pk(&chain.job_id))
             .key("sk", chain_sk(&chain.chain_id))
-            .update_expression("SET doc = :doc, version = :next")
+            .update_expression("SET doc = :doc, version = :next, writer = :w")
             .condition_expression("version = :v")
             .expression_attribute_values(":doc", s(encode(chain)?))
+            .expression_attribute_values(":w", s(token))
             .expression_attribute_values(":next", n(chain.version + 1))
             .expression_attribute_values(":v", n(chain.version))
             .build()
@@ -350,6 +380,7 @@ impl JobWrites for DynamoJobStore {
                 .await
                 .map_err(backend)?;
         }
+        let token = write_token();
         let put = self
             .client
             .put_item()
@@ -362,11 +393,18 @@ impl JobWrites for DynamoJobStore {
             .item("remaining", n(chains.len()))
             .item("owner", s(&job.owner))
             .item("ttl", n(job.expires_at))
+            .item("writer", s(&token))
             .condition_expression("attribute_not_exists(pk)")
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .send()
             .await;
+        let own = |e: &SdkError<PutItemError, HttpResponse>| match e.as_service_error() {
+            Some(PutItemError::ConditionalCheckFailedException(c)) => wrote_it(c.item(), &token),
+            _ => false,
+        };
         match put {
             Ok(_) => Ok(()),
+            Err(e) if own(&e) => Ok(()),
             Err(e) if is_conditional_failure(&e) => Err(StoreError::Conflict),
             Err(e) => Err(backend(e)),
         }
@@ -380,32 +418,44 @@ impl JobWrites for DynamoJobStore {
     ) -> Result<(), StoreError> {
         let mut doc = job.clone();
         doc.failure = failure;
+        let token = write_token();
         let resp = self
             .update_job_item(&job.id)
-            .update_expression("SET #st = :s, doc = :doc, version = :next")
+            .update_expression("SET #st = :s, doc = :doc, version = :next, writer = :w")
             .condition_expression("version = :v")
             .expression_attribute_names("#st", "status")
             .expression_attribute_values(":s", s(status.as_str()))
             .expression_attribute_values(":doc", s(encode(&doc)?))
             .expression_attribute_values(":next", n(job.version + 1))
             .expression_attribute_values(":v", n(job.version))
+            .expression_attribute_values(":w", s(&token))
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .send()
             .await;
+        if let Err(e) = &resp
+            && wrote_it(update_old_item(e), &token)
+        {
+            return Ok(());
+        }
         conditional(resp)
     }
 
     async fn cancel_job(&self, job_id: &str) -> Result<bool, StoreError> {
+        let token = write_token();
         let resp = self
             .update_job_item(job_id)
-            .update_expression("SET #st = :c ADD version :one")
+            .update_expression("SET #st = :c, writer = :w ADD version :one")
             .condition_expression("attribute_exists(pk) AND #st <> :c")
             .expression_attribute_names("#st", "status")
             .expression_attribute_values(":c", s(JobStatus::Cancelled.as_str()))
             .expression_attribute_values(":one", n(1))
+            .expression_attribute_values(":w", s(&token))
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .send()
             .await;
         match resp {
             Ok(_) => Ok(true),
+            Err(e) if wrote_it(update_old_item(&e), &token) => Ok(true),
             Err(e) if is_conditional_failure(&e) => Ok(false),
             Err(e) => Err(backend(e)),
         }
@@ -430,7 +480,8 @@ impl JobWrites for DynamoJobStore {
 #[async_trait]
 impl ChainWrites for DynamoJobStore {
     async fn save_chain(&self, chain: &mut Chain) -> Result<(), StoreError> {
-        let u = self.chain_update(chain)?;
+        let token = write_token();
+        let u = self.chain_update(chain, &token)?;
         let resp = self
             .client
             .update_item()
@@ -440,8 +491,15 @@ impl ChainWrites for DynamoJobStore {
             .update_expression(u.update_expression())
             .condition_expression(u.condition_expression().unwrap_or_default())
             .set_expression_attribute_values(u.expression_attribute_values().cloned())
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .send()
             .await;
+        if let Err(e) = &resp
+            && wrote_it(update_old_item(e), &token)
+        {
+            chain.version += 1;
+            return Ok(());
+        }
         versioned(resp, chain)
     }
 
@@ -459,7 +517,7 @@ impl ChainWrites for DynamoJobStore {
             .transact_write_items()
             .transact_items(
                 TransactWriteItem::builder()
-                    .update(self.chain_update(chain)?)
+                    .update(self.chain_update(chain, &write_token())?)
                     .build(),
             )
             .transact_items(TransactWriteItem::builder().update(job_update).build())
@@ -487,7 +545,7 @@ impl ChainWrites for DynamoJobStore {
             .transact_write_items()
             .transact_items(
                 TransactWriteItem::builder()
-                    .update(self.chain_update(chain)?)
+                    .update(self.chain_update(chain, &write_token())?)
                     .build(),
             )
             .transact_items(TransactWriteItem::builder().update(job_update).build());

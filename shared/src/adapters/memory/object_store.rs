@@ -6,6 +6,7 @@
 //! the object behind one with [`MemoryObjectStore::fetch_presigned`].
 
 use super::lock;
+use crate::model::UploadedPart;
 use crate::ports::object_store::{ObjectError, ObjectStore};
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
@@ -175,39 +176,45 @@ impl ObjectStore for MemoryObjectStore {
         &self,
         key: &str,
         upload_id: &str,
-        etags: &[String],
+        parts: &[UploadedPart],
     ) -> Result<(), ObjectError> {
         let mut state = lock(&self.state);
         let upload = upload_of(&mut state, key, upload_id)?;
-        if etags.is_empty() {
+        if parts.is_empty() {
             return Err(ObjectError::Backend(
                 "MalformedXML: a completion names at least one part".into(),
             ));
         }
-        let mut total = 0;
-        for (i, etag) in etags.iter().enumerate() {
-            let number = i as u32 + 1;
-            let body = match upload.parts.get(&number) {
-                Some((stored, body)) if same_etag(stored, etag) => body,
+        let mut object = BytesMut::new();
+        let mut previous = 0;
+        for (i, part) in parts.iter().enumerate() {
+            if part.number <= previous {
+                return Err(ObjectError::InvalidPart(format!(
+                    "InvalidPartOrder: part {} after part {previous}",
+                    part.number
+                )));
+            }
+            previous = part.number;
+            let body = match upload.parts.get(&part.number) {
+                Some((stored, body)) if same_etag(stored, &part.etag) => body,
                 _ => {
-                    return Err(ObjectError::Backend(
-                        format!("InvalidPart: part {number} with ETag {etag} was not uploaded")
-                            .into(),
-                    ));
+                    return Err(ObjectError::InvalidPart(format!(
+                        "part {} with ETag {} was not uploaded",
+                        part.number, part.etag
+                    )));
                 }
             };
-            if number < etags.len() as u32 && body.len() < self.min_part_size {
+            if i + 1 < parts.len() && body.len() < self.min_part_size {
                 return Err(ObjectError::Backend(
-                    format!("EntityTooSmall: part {number} has {} bytes", body.len()).into(),
+                    format!(
+                        "EntityTooSmall: part {} has {} bytes",
+                        part.number,
+                        body.len()
+                    )
+                    .into(),
                 ));
             }
-            total += body.len();
-        }
-        let mut object = BytesMut::with_capacity(total);
-        for number in 1..=etags.len() as u32 {
-            if let Some((_, body)) = upload.parts.get(&number) {
-                object.extend_from_slice(body);
-            }
+            object.extend_from_slice(body);
         }
         state.uploads.remove(upload_id);
         state.objects.insert(key.to_string(), object.freeze());

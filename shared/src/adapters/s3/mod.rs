@@ -1,5 +1,6 @@
 //! [`ObjectStore`] over S3 (or any S3-compatible server).
 
+use crate::model::UploadedPart;
 use crate::ports::object_store::{ObjectError, ObjectStore};
 use async_trait::async_trait;
 use aws_sdk_s3::Client;
@@ -239,9 +240,9 @@ impl ObjectStore for S3ObjectStore {
                 .e_tag()
                 .map(str::to_string)
                 .ok_or_else(|| ObjectError::Backend("no ETag".into())),
-            Err(e) => Err(self
-                .classify(e, key, upload_id, part_number.saturating_sub(1))
-                .await),
+            // Part numbers have gaps (one range per delivery attempt), so
+            // only the upload's existence is asked, not a part count.
+            Err(e) => Err(self.classify(e, key, upload_id, 0).await),
         }
     }
 
@@ -249,15 +250,14 @@ impl ObjectStore for S3ObjectStore {
         &self,
         key: &str,
         upload_id: &str,
-        etags: &[String],
+        uploaded: &[UploadedPart],
     ) -> Result<(), ObjectError> {
-        let parts = etags
+        let parts = uploaded
             .iter()
-            .enumerate()
-            .map(|(i, etag)| {
+            .map(|p| {
                 CompletedPart::builder()
-                    .part_number(i as i32 + 1)
-                    .e_tag(etag)
+                    .part_number(p.number as i32)
+                    .e_tag(&p.etag)
                     .build()
             })
             .collect();
@@ -276,7 +276,22 @@ impl ObjectStore for S3ObjectStore {
             .await;
         match resp {
             Ok(_) => Ok(()),
-            Err(e) => Err(self.classify(e, key, upload_id, etags.len() as u32).await),
+            Err(e)
+                if matches!(
+                    code_of(&e).as_deref(),
+                    Some("InvalidPart" | "InvalidPartOrder")
+                ) =>
+            {
+                Err(ObjectError::InvalidPart(
+                    e.as_service_error()
+                        .and_then(|se| se.message())
+                        .unwrap_or("a named part is not stored")
+                        .to_string(),
+                ))
+            }
+            Err(e) => Err(self
+                .classify(e, key, upload_id, uploaded.len() as u32)
+                .await),
         }
     }
 

@@ -1,6 +1,8 @@
 //! In-process DynamoDB-compatible (dynoxide) and S3-compatible (s3s-fs)
 //! servers on loopback, reached through the ordinary AWS SDK clients.
 
+mod s3_rules;
+
 use std::net::SocketAddr;
 use std::path::Path;
 
@@ -48,7 +50,8 @@ pub async fn start_dynamodb(sqlite_path: Option<&Path>) -> Result<String, Embedd
 }
 
 /// Starts s3s-fs over `root` on an ephemeral loopback port, with SigV4 auth
-/// (so presigned URLs are really verified). Returns its endpoint URL.
+/// (so presigned URLs are really verified) and S3's multipart completion
+/// rules (see `s3_rules`). Returns its endpoint URL.
 pub async fn start_s3(root: &Path) -> Result<String, EmbeddedError> {
     use hyper_util::rt::{TokioExecutor, TokioIo};
     use hyper_util::server::conn::auto::Builder as ConnBuilder;
@@ -56,7 +59,8 @@ pub async fn start_s3(root: &Path) -> Result<String, EmbeddedError> {
     std::fs::create_dir_all(root).map_err(|e| EmbeddedError::Start(e.to_string()))?;
     let fs = s3s_fs::FileSystem::new(root)
         .map_err(|e| EmbeddedError::Start(format!("s3s-fs: {e:?}")))?;
-    let mut builder = s3s::service::S3ServiceBuilder::new(fs);
+    let mut builder =
+        s3s::service::S3ServiceBuilder::new(s3_rules::S3Rules::new(fs, root.to_path_buf()));
     builder.set_auth(s3s::auth::SimpleAuth::from_single(
         LOCAL_ACCESS_KEY,
         LOCAL_SECRET_KEY,
