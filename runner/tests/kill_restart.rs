@@ -176,14 +176,11 @@ async fn download_outputs(http: &reqwest::Client, manifest: &Value) -> Vec<Vec<u
     bodies
 }
 
-/// The source files a system export covers (Group is not exported).
+/// The source files a system export covers: all of them.
 fn exported_source_files(src: &Path) -> Vec<Vec<u8>> {
     let mut source = Vec::new();
     for e in std::fs::read_dir(src).unwrap() {
-        let p = e.unwrap().path();
-        if p.file_name().unwrap() != "Group.ndjson" {
-            source.push(std::fs::read(p).unwrap());
-        }
+        source.push(std::fs::read(e.unwrap().path()).unwrap());
     }
     source
 }

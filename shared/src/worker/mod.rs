@@ -3,6 +3,7 @@
 //! decides when chains and jobs finish. The watchdog and redelivery restart
 //! what stalled or failed.
 
+pub(crate) mod deadline;
 pub mod file_closing;
 pub mod in_process;
 pub mod lifecycle;

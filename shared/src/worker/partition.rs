@@ -15,9 +15,11 @@ use crate::model::{Chain, Job, Partition};
 use crate::ports::job_store::won;
 use crate::ports::services::{ReadSource, ScheduleSteps, Settings, WriteChains};
 use crate::ports::source::{PageRequest, SourceError};
+use crate::worker::deadline::before_deadline;
 use crate::worker::outcome::{StepError, StepOutcome};
 use std::future::Future;
 use time::{Duration, OffsetDateTime};
+use tokio::time::Instant;
 
 /// Most count probes one split may issue.
 pub const MAX_PROBES: usize = 64;
@@ -135,8 +137,13 @@ pub async fn split_chain(
     mut chain: Chain,
     window: (Option<OffsetDateTime>, OffsetDateTime),
     total: u64,
+    deadline: Option<Instant>,
 ) -> Result<StepOutcome, StepError> {
-    let ranges = plan_partitions(svc, job, &chain, window, total).await;
+    // Probes that run into the deadline plan nothing: one chain is slower,
+    // never wrong, and the chain is marked so it is not probed again.
+    let ranges = before_deadline(deadline, plan_partitions(svc, job, &chain, window, total))
+        .await
+        .unwrap_or_default();
     if let Some(first) = ranges.first().filter(|_| ranges.len() > 1) {
         chain.partition = Some(first.partition(false));
         chain.total = Some(first.count);

@@ -14,19 +14,17 @@ use crate::ports::services::{
     WriteChains,
 };
 use crate::ports::source::{Page, SourceError};
+use crate::worker::deadline::{DEADLINE_RESERVE, before_deadline};
 use crate::worker::file_closing::Closing;
 use crate::worker::lifecycle::{cancel_chain, fail_chain, finish_failure};
 use crate::worker::outcome::{StepError, StepOutcome};
 use crate::worker::page_pipeline::{PageQuery, Prefetch};
 use crate::worker::part_writer::{self, PartData, PendingPart};
 use std::sync::Arc;
-use std::time::Duration;
 use time::OffsetDateTime;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-/// Time kept in reserve before a Lambda deadline to upload and commit.
-const DEADLINE_RESERVE: Duration = Duration::from_secs(20);
 /// Most source pages one step reads (bounds work on long runs of empty pages).
 const MAX_PAGES_PER_STEP: usize = 10_000;
 
@@ -60,22 +58,59 @@ pub async fn run_step(
     ev: &StepEvent,
     deadline: Option<Instant>,
 ) -> Result<StepOutcome, StepError> {
-    // The step the chain is committed at as far as this invocation knows:
-    // an invocation may commit several parts before it hands over.
+    // The step the chain is committed at as far as this invocation knows
+    // (an invocation may commit several parts before it hands over), and
+    // the attempt its claim took.
     let mut committed = ev.step;
+    let mut claimed = None;
     let at = |step| StepEvent { step, ..ev.clone() };
-    match run_step_once(svc, ev, deadline, &mut committed).await {
+    match run_step_once(svc, ev, deadline, &mut committed, &mut claimed).await {
         Err(StepError::UploadLost(key)) => recover_lost_upload(svc, &at(committed), &key).await,
-        // A retry of this event would find the chain moved on: hand the
-        // committed step over instead (the watchdog backs this up).
-        Err(e) if committed != ev.step => {
-            tracing::warn!(job_id = %ev.job_id, chain = %ev.chain_id, step = committed, error = %e, "step failed after earlier parts committed; handing over");
-            match svc.continuation().schedule(at(committed)).await {
-                Ok(()) => Ok(StepOutcome::Continued),
-                Err(_) => Err(e),
-            }
+        Err(e) => hand_over_after_error(svc, ev, committed, claimed, e).await,
+        ok => ok,
+    }
+}
+
+/// After a failed step. A write whose every reply was lost may have applied,
+/// so the stored chain decides: while it still carries this delivery's claim
+/// (no later delivery took it), whatever step it is at is this delivery's to
+/// hand over (a finished chain's job is completed); a later claim owns the
+/// chain. Only a step that committed nothing is left to the retry of this
+/// event.
+async fn hand_over_after_error(
+    svc: &impl StepServices,
+    ev: &StepEvent,
+    committed: u64,
+    claimed: Option<u64>,
+    e: StepError,
+) -> Result<StepOutcome, StepError> {
+    let stored = match claimed {
+        Some(attempt) => match svc.jobs().get_chain(&ev.job_id, &ev.chain_id).await {
+            Ok(Some(chain)) if chain.attempt == attempt => Some(chain),
+            Ok(Some(_)) => return Ok(StepOutcome::Stale),
+            _ => None,
+        },
+        None => None,
+    };
+    let next = match &stored {
+        Some(chain) if chain.state.is_finished() => {
+            crate::worker::lifecycle::maybe_complete_job(svc, &ev.job_id).await?;
+            return Ok(StepOutcome::Finished);
         }
-        other => other,
+        Some(chain) => chain.event(),
+        // The chain could not be read: what this invocation knows it committed.
+        None => StepEvent {
+            step: committed,
+            ..ev.clone()
+        },
+    };
+    if next.step == ev.step {
+        return Err(e);
+    }
+    tracing::warn!(job_id = %ev.job_id, chain = %ev.chain_id, step = next.step, error = %e, "step failed after committing; handing over");
+    match svc.continuation().schedule(next).await {
+        Ok(()) => Ok(StepOutcome::Continued),
+        Err(_) => Err(e),
     }
 }
 
@@ -129,6 +164,7 @@ async fn run_step_once(
     ev: &StepEvent,
     deadline: Option<Instant>,
     committed: &mut u64,
+    claimed: &mut Option<u64>,
 ) -> Result<StepOutcome, StepError> {
     let Some(job) = svc.jobs().get_job(&ev.job_id).await? else {
         return Ok(StepOutcome::Stale);
@@ -152,6 +188,7 @@ async fn run_step_once(
     let Some(chain) = claim(svc, chain).await? else {
         return Ok(StepOutcome::Stale);
     };
+    *claimed = Some(chain.attempt);
     if chain.failure.is_some() {
         // A failure was claimed and its side effects did not all finish.
         return finish_failure(svc, &job, chain).await;
@@ -222,9 +259,12 @@ async fn export_parts(
     let window = chain_window(&job, &chain);
     let filters = chain_filters(&job, &chain);
     let query = page_query(svc, &job, &chain, window, &filters);
-    let total = chain_total(svc, &chain, &query).await;
+    let total = before_deadline(deadline, chain_total(svc, &chain, &query))
+        .await
+        .flatten();
     if let Some(total) = partition_total(svc, &chain, &filters, total) {
-        return crate::worker::partition::split_chain(svc, &job, chain, window, total).await;
+        return crate::worker::partition::split_chain(svc, &job, chain, window, total, deadline)
+            .await;
     }
     PartsRun::new(svc, job, chain, deadline, committed, query, total)
         .run()
@@ -442,9 +482,16 @@ impl<'a, S: StepServices> PartsRun<'a, S> {
             exhausted: false,
         };
         for _ in 0..MAX_PAGES_PER_STEP {
-            let page = match self.next_page(part.cursor.as_deref(), part.buf.len()).await {
-                Ok(p) => p,
-                Err(e) => return Ok(PartRead::Failed(e)),
+            let deadline = self.deadline;
+            let fetch = self.next_page(part.cursor.as_deref(), part.buf.len());
+            let page = match before_deadline(deadline, fetch).await {
+                Some(Ok(p)) => p,
+                Some(Err(e)) => return Ok(PartRead::Failed(e)),
+                None => {
+                    // The part ends where it is; the step hands over.
+                    tracing::warn!(resource_type = %self.chain.resource_type, "a page fetch ran into the invocation's deadline");
+                    break;
+                }
             };
             let start = offset_after_lines(&page.ndjson, part.skip);
             let data = &page.ndjson[start..];

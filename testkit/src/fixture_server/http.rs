@@ -115,13 +115,12 @@ fn read(state: &State, ty: &str, id: &str) -> Resp {
     }
 }
 
-/// The CapabilityStatement: every loaded type but Group.
+/// The CapabilityStatement: every loaded type.
 fn capability(state: &State) -> Vec<u8> {
     let resources: Vec<serde_json::Value> = state
         .data
         .types
         .keys()
-        .filter(|t| t.as_str() != "Group")
         .map(|t| {
             serde_json::json!({
                 "type": t,

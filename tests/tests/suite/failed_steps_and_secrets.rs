@@ -76,7 +76,7 @@ async fn failed_steps_in_the_destination_queue_are_delivered_again() {
     let manifest = wait_complete(&status_url).await;
     let files = download_outputs(&manifest).await;
     let got = multiset(files.iter().map(|(_, _, b)| b.as_slice()));
-    let want: std::collections::BTreeMap<_, _> = source_multiset(&src, true)
+    let want: std::collections::BTreeMap<_, _> = source_multiset(&src, false)
         .into_iter()
         .filter(|((t, _), _)| t == "Patient")
         .collect();

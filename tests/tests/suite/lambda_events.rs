@@ -186,7 +186,7 @@ async fn consecutive_scheduled_exports_have_no_gaps_and_no_overlaps() {
     assert!(first["since"].is_null());
     let files = download_outputs(&manifest).await;
     let full = multiset(files.iter().map(|(_, _, b)| b.as_slice()));
-    let expected: usize = source_multiset(&src, true)
+    let expected: usize = source_multiset(&src, false)
         .keys()
         .filter(|(t, _)| t == "Patient" || t == "Observation")
         .count();

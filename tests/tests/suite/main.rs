@@ -14,6 +14,7 @@ mod fhir_source;
 mod hostile_input;
 mod lambda_events;
 mod lost_replies;
+mod model_check;
 mod partitions;
 mod reliability;
 mod s3_source;

@@ -44,7 +44,7 @@ async fn partitions_cover_a_type_exactly_under_duplicate_delivery() {
     let manifest = wait_complete(&status_url).await;
     let files = download_outputs(&manifest).await;
     let got = multiset(files.iter().map(|(_, _, b)| b.as_slice()));
-    let want: BTreeMap<_, _> = source_multiset(&src, true)
+    let want: BTreeMap<_, _> = source_multiset(&src, false)
         .into_iter()
         .filter(|((ty, _), _)| ty == "Observation" || ty == "Patient")
         .collect();

@@ -21,7 +21,7 @@ async fn verify_complete(status_url: &str, src: &std::path::Path, types: &[&str]
     let manifest = wait_complete(status_url).await;
     let files = download_outputs(&manifest).await;
     let got = multiset(files.iter().map(|(_, _, b)| b.as_slice()));
-    let expected: std::collections::BTreeMap<_, _> = source_multiset(src, true)
+    let expected: std::collections::BTreeMap<_, _> = source_multiset(src, false)
         .into_iter()
         .filter(|((t, _), _)| types.is_empty() || types.contains(&t.as_str()))
         .collect();

@@ -70,12 +70,12 @@ async fn an_s3_prefix_exports_exactly_like_the_directory_it_came_from() {
     assert_eq!(manifest["error"], serde_json::json!([]), "{manifest}");
     let files = download_outputs(&manifest).await;
     let got = multiset(files.iter().map(|(_, _, b)| b.as_slice()));
-    assert_eq!(got, source_multiset(&src, true), "system export from S3");
+    assert_eq!(got, source_multiset(&src, false), "system export from S3");
 
     let manifest = wait_complete(&kickoff(&stack.base_url, "_type=Patient,Condition").await).await;
     let files = download_outputs(&manifest).await;
     let got = multiset(files.iter().map(|(_, _, b)| b.as_slice()));
-    let want: std::collections::BTreeMap<_, _> = source_multiset(&src, true)
+    let want: std::collections::BTreeMap<_, _> = source_multiset(&src, false)
         .into_iter()
         .filter(|((ty, _), _)| ty == "Patient" || ty == "Condition")
         .collect();

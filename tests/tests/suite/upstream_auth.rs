@@ -233,7 +233,7 @@ async fn client_credentials_tokens_are_fetched_cached_and_renewed() {
     assert_eq!(manifest["error"].as_array().unwrap().len(), 0, "{manifest}");
     let files = download_outputs(&manifest).await;
     let got = multiset(files.iter().map(|(_, _, b)| b.as_slice()));
-    let expected: std::collections::BTreeMap<_, _> = source_multiset(&src, true)
+    let expected: std::collections::BTreeMap<_, _> = source_multiset(&src, false)
         .into_iter()
         .filter(|((t, _), _)| ["Patient", "Observation", "Encounter"].contains(&t.as_str()))
         .collect();

@@ -84,7 +84,7 @@ async fn transient_upstream_faults_are_retried_invisibly() {
     let dir = TempDir::new("faulty-src");
     let src = dir.0.join("src");
     generate(&src, 40, 5).unwrap();
-    let expected = source_multiset(&src, true);
+    let expected = source_multiset(&src, false);
     let transient = [
         Fault::Status(429, Some(1)),
         Fault::Status(429, None),

@@ -147,7 +147,11 @@ impl FhirServerSource {
         let mut rb = self
             .client
             .get(url)
-            .header("Accept", "application/fhir+json");
+            .header("Accept", "application/fhir+json")
+            // A server that does not support a parameter we send (a
+            // compartment parameter, `_lastUpdated`, a `_typeFilter`'s) must
+            // refuse the search, not answer it without that restriction.
+            .header("Prefer", "handling=strict");
         match self.auth.as_ref() {
             UpstreamAuth::None => {}
             UpstreamAuth::Bearer(token) => rb = rb.bearer_auth(token),
@@ -334,21 +338,30 @@ fn keep_owned_by_batch(
     param: usize,
 ) -> Result<(Vec<u8>, u64), SourceError> {
     let mut out = Vec::with_capacity(ndjson.len());
-    let mut count = 0u64;
+    let (mut count, mut unlinked) = (0u64, 0u64);
     for line in ndjson.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
         let value: serde_json::Value = serde_json::from_slice(line)
             .map_err(|_| SourceError::Permanent("resource is not valid JSON".into()))?;
-        let keep = match compartment_owner(&value, scope) {
-            Some((owner, via)) => via == param && batch.binary_search(&owner).is_ok(),
-            // Linked through an element this server does not expose as we model
-            // it: keep the first parameter's copy.
-            None => param == 0,
-        };
+        // A resource of no covered patient (as far as the resource itself
+        // shows) means the upstream ignored the compartment parameter and
+        // answered with other patients' resources: never export those.
+        let owner = compartment_owner(&value, scope);
+        if owner.is_none() {
+            unlinked += 1;
+        }
+        let keep =
+            owner.is_some_and(|(owner, via)| via == param && batch.binary_search(&owner).is_ok());
         if keep {
             out.extend_from_slice(line);
             out.push(b'\n');
             count += 1;
         }
+    }
+    if unlinked > 0 {
+        tracing::warn!(
+            unlinked,
+            "upstream answered a compartment search with resources of no covered patient; dropped"
+        );
     }
     Ok((out, count))
 }
@@ -486,7 +499,7 @@ impl Source for FhirServerSource {
                     .is_some_and(|i| i.iter().any(|x| x["code"] == "search-type"))
             })
             .filter_map(|r| r["type"].as_str().map(str::to_string))
-            .filter(|t| crate::fhir::resource_types::is_resource_type(t) && t != "Group")
+            .filter(|t| crate::fhir::resource_types::is_resource_type(t))
             .collect();
         types.sort();
         types.dedup();

@@ -261,8 +261,8 @@ impl Source for NdjsonSource {
             .collect();
         types.sort();
         types.dedup();
-        // Group definitions are read for Group exports; they are not exported.
-        types.retain(|t| t != "Group");
+        // Group resources are data like any other at system level (Patient
+        // and Group exports leave them out: Group is not in the compartment).
         Ok(types)
     }
 

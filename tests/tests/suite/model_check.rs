@@ -1,0 +1,348 @@
+//! Seeded randomized delivery: for each seed, one export over the in-memory
+//! stores (the adapters the conformance suite holds to DynamoDB's and S3's
+//! semantics) with a scheduler that, at random, delivers a step twice at
+//! once, delivers it again later, kills a delivery after any number of its
+//! awaited calls (the future is dropped mid-flight, as a killed process
+//! stops), and loses the replies of chain and file writes that applied
+//! (the caller sees an error after the write landed), each delivery with a
+//! deadline of its own (so two deliveries of one step end their parts at
+//! different pages, and a duplicate's bytes differ). When nothing is queued
+//! the watchdog resumes the chains. Every seed must end with exactly the
+//! source: each resource once, every count exact.
+//!
+//! `MODEL_CHECK_SEEDS` sets the number of seeds (default 200), and
+//! `MODEL_CHECK_SEED` runs a single one (to replay a failure).
+
+use crate::common::{TempDir, multiset, source_multiset};
+use bulk_export_core::adapters::memory::{MemoryJobStore, MemoryObjectStore};
+use bulk_export_core::adapters::ndjson::NdjsonSource;
+use bulk_export_core::model::config::ExportConfig;
+use bulk_export_core::model::{Caller, Chain, FileRecord, Job, JobStatus, StepEvent};
+use bulk_export_core::ports::job_store::*;
+use bulk_export_core::ports::services::ExportServices;
+use bulk_export_core::worker::in_process::{StepQueue, step_queue};
+use bulk_export_core::worker::step::run_step;
+use bulk_export_testkit::generate::Rng;
+use bytes::Bytes;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::task::Poll;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// Seeded decisions shared by the scheduler and the lossy store.
+#[derive(Clone)]
+struct Dice(Arc<Mutex<Rng>>);
+
+impl Dice {
+    fn new(seed: u64) -> Self {
+        Dice(Arc::new(Mutex::new(Rng::new(seed))))
+    }
+    /// True with probability 1/n.
+    fn one_in(&self, n: u64) -> bool {
+        self.0.lock().unwrap().next_u64().is_multiple_of(n)
+    }
+    fn below(&self, n: u64) -> u64 {
+        self.0.lock().unwrap().next_u64() % n
+    }
+}
+
+/// A job store whose chain and file writes sometimes apply and then fail, as
+/// a write does whose every reply was lost.
+struct LossyStore {
+    inner: MemoryJobStore,
+    dice: Dice,
+}
+
+impl LossyStore {
+    fn lost(&self) -> Result<(), StoreError> {
+        if self.dice.one_in(9) {
+            return Err(StoreError::Backend(
+                "reply lost after the write applied".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl JobReads for LossyStore {
+    async fn get_job(&self, id: &str) -> Result<Option<Job>, StoreError> {
+        self.inner.get_job(id).await
+    }
+    async fn active_jobs(&self) -> Result<Vec<Job>, StoreError> {
+        self.inner.active_jobs().await
+    }
+    async fn get_chain(&self, j: &str, c: &str) -> Result<Option<Chain>, StoreError> {
+        self.inner.get_chain(j, c).await
+    }
+    async fn list_chains(&self, j: &str) -> Result<Vec<Chain>, StoreError> {
+        self.inner.list_chains(j).await
+    }
+}
+
+#[async_trait::async_trait]
+impl JobWrites for LossyStore {
+    async fn create_job(&self, job: &Job, chains: &[Chain]) -> Result<(), StoreError> {
+        self.inner.create_job(job, chains).await
+    }
+    async fn set_job_status(
+        &self,
+        job: &Job,
+        status: JobStatus,
+        failure: Option<String>,
+    ) -> Result<(), StoreError> {
+        self.inner.set_job_status(job, status, failure).await
+    }
+    async fn cancel_job(&self, id: &str) -> Result<bool, StoreError> {
+        self.inner.cancel_job(id).await
+    }
+    async fn delete_job(&self, id: &str) -> Result<(), StoreError> {
+        self.inner.delete_job(id).await
+    }
+}
+
+#[async_trait::async_trait]
+impl ChainWrites for LossyStore {
+    async fn save_chain(&self, chain: &mut Chain) -> Result<(), StoreError> {
+        let v = chain.version;
+        self.inner.save_chain(chain).await?;
+        self.lost().inspect_err(|_| chain.version = v)
+    }
+    async fn finish_chain(&self, chain: &mut Chain) -> Result<(), StoreError> {
+        let v = chain.version;
+        self.inner.finish_chain(chain).await?;
+        self.lost().inspect_err(|_| chain.version = v)
+    }
+    async fn split_chain(
+        &self,
+        chain: &mut Chain,
+        new: &[Chain],
+        expires_at: i64,
+    ) -> Result<(), StoreError> {
+        self.inner.split_chain(chain, new, expires_at).await
+    }
+}
+
+#[async_trait::async_trait]
+impl FileRecords for LossyStore {
+    async fn put_file(&self, job_id: &str, file: &FileRecord) -> Result<(), StoreError> {
+        self.inner.put_file(job_id, file).await?;
+        self.lost()
+    }
+    async fn list_files(&self, job_id: &str) -> Result<Vec<FileRecord>, StoreError> {
+        self.inner.list_files(job_id).await
+    }
+    async fn next_file_number(
+        &self,
+        job_id: &str,
+        resource_type: &str,
+        expires_at: i64,
+    ) -> Result<u32, StoreError> {
+        self.inner
+            .next_file_number(job_id, resource_type, expires_at)
+            .await
+    }
+}
+
+#[async_trait::async_trait]
+impl PollCounter for LossyStore {
+    async fn record_poll(&self, j: &str, now: i64, window: i64) -> Result<u64, StoreError> {
+        self.inner.record_poll(j, now, window).await
+    }
+}
+
+#[async_trait::async_trait]
+impl ScheduleLog for LossyStore {
+    async fn record_schedule_success(&self, s: &str, t: &str) -> Result<(), StoreError> {
+        self.inner.record_schedule_success(s, t).await
+    }
+    async fn last_schedule_success(&self, s: &str) -> Result<Option<String>, StoreError> {
+        self.inner.last_schedule_success(s).await
+    }
+}
+
+/// Polls `work` at most `polls` times (yielding between polls); `None` if it
+/// had not finished by then and was dropped: killed mid-flight.
+async fn killed_after<T>(work: impl Future<Output = T>, polls: u64) -> Option<T> {
+    let mut work = std::pin::pin!(work);
+    for _ in 0..polls {
+        if let Poll::Ready(v) = futures::poll!(work.as_mut()) {
+            return Some(v);
+        }
+        tokio::task::yield_now().await;
+    }
+    None
+}
+
+fn request(method: &str, url: &str) -> http::Request<Bytes> {
+    http::Request::builder()
+        .method(method)
+        .uri(url)
+        .header("accept", "application/fhir+json")
+        .header("prefer", "respond-async")
+        .body(Bytes::new())
+        .unwrap()
+}
+
+/// A Lambda deadline that leaves this delivery 0-20 ms past its reserve:
+/// it reads pages until then, so deliveries end their parts at different
+/// pages.
+fn deadline(dice: &Dice) -> Option<Instant> {
+    let slack = Duration::from_micros(dice.below(20_000));
+    Some(Instant::now() + Duration::from_secs(20) + slack)
+}
+
+/// One delivery of `ev`, in a way the dice pick. Events to deliver again
+/// later go to `later`.
+async fn deliver(svc: &ExportServices, ev: StepEvent, dice: &Dice, later: &mut Vec<StepEvent>) {
+    match dice.below(6) {
+        0 => {
+            let (a, b) = tokio::join!(
+                run_step(svc, &ev, deadline(dice)),
+                run_step(svc, &ev, deadline(dice))
+            );
+            if a.is_err() && b.is_err() {
+                later.push(ev);
+            }
+        }
+        1 => {
+            // Killed after some awaited call; Lambda delivers it again.
+            let polls = 1 + dice.below(40);
+            if !matches!(
+                killed_after(run_step(svc, &ev, None), polls).await,
+                Some(Ok(_))
+            ) {
+                later.push(ev);
+            }
+        }
+        2 => {
+            // Succeeds, and is delivered again anyway (at least once).
+            let _ = run_step(svc, &ev, deadline(dice)).await;
+            later.push(ev);
+        }
+        _ => {
+            if run_step(svc, &ev, deadline(dice)).await.is_err() {
+                later.push(ev);
+            }
+        }
+    }
+}
+
+/// Runs the scheduler until the job is complete; returns deliveries made.
+async fn run_until_complete(
+    svc: &ExportServices,
+    queue: &StepQueue,
+    dice: &Dice,
+    job_id: &str,
+) -> usize {
+    let mut later: Vec<StepEvent> = Vec::new();
+    for deliveries in 0..5000 {
+        let ev = match queue.try_next().await {
+            Some(ev) if later.is_empty() || !dice.one_in(3) => Some(ev),
+            other => {
+                if let Some(ev) = other {
+                    later.push(ev);
+                }
+                (!later.is_empty()).then(|| later.remove(dice.below(later.len() as u64) as usize))
+            }
+        };
+        match ev {
+            Some(ev) => deliver(svc, ev, dice, &mut later).await,
+            None => {
+                let job = svc.store.get_job(job_id).await.unwrap().unwrap();
+                if job.status.is_terminal() {
+                    return deliveries;
+                }
+                // Nothing left to deliver: the watchdog resumes the chains.
+                let _ =
+                    bulk_export_core::worker::watchdog::sweep(svc, std::time::Duration::ZERO).await;
+            }
+        }
+    }
+    panic!("the export did not complete within 5000 deliveries");
+}
+
+async fn check_seed(seed: u64, src: &std::path::Path) {
+    let dice = Dice::new(seed);
+    let objects = MemoryObjectStore::with_min_part_size(1);
+    let (continuation, queue) = step_queue();
+    let config = ExportConfig {
+        base_url: "http://model.test/fhir".into(),
+        part_size: 2048 + dice.below(4096) as usize,
+        max_file_size: 16 * 1024,
+        page_size: 3 + dice.below(20) as usize,
+        parts_per_invocation: 1 + dice.below(4) as usize,
+        ..ExportConfig::default()
+    };
+    let svc = ExportServices {
+        config: Arc::new(config),
+        store: Arc::new(LossyStore {
+            inner: MemoryJobStore::new(),
+            dice: dice.clone(),
+        }),
+        objects: Arc::new(objects.clone()),
+        source: Arc::new(NdjsonSource::new(src)),
+        continuation: Arc::new(continuation),
+    };
+    let caller = Caller::anonymous();
+    let resp = bulk_export_core::api::handle(
+        &svc,
+        &caller,
+        request("GET", "http://model.test/fhir/$export"),
+    )
+    .await;
+    assert_eq!(resp.status(), 202, "seed {seed}: kick-off");
+    let status_url = resp.headers()["content-location"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let job_id = status_url.rsplit('/').next().unwrap().to_string();
+    let deliveries = run_until_complete(&svc, &queue, &dice, &job_id).await;
+
+    let resp = bulk_export_core::api::handle(&svc, &caller, request("GET", &status_url)).await;
+    assert_eq!(resp.status(), 200, "seed {seed}: {:?}", resp.body());
+    let manifest: serde_json::Value = serde_json::from_slice(resp.body()).unwrap();
+    assert_eq!(manifest["error"], serde_json::json!([]), "seed {seed}");
+    let mut bodies = Vec::new();
+    for item in manifest["output"].as_array().unwrap() {
+        let body = objects
+            .fetch_presigned(item["url"].as_str().unwrap())
+            .unwrap_or_else(|| panic!("seed {seed}: a listed file is missing"));
+        let lines = body.iter().filter(|b| **b == b'\n').count() as u64;
+        assert_eq!(item["count"].as_u64(), Some(lines), "seed {seed}: count");
+        bodies.push(body);
+    }
+    let exported = multiset(bodies.iter().map(|b| b.as_ref()));
+    assert!(
+        exported.values().all(|n| *n == 1),
+        "seed {seed}: a resource was exported twice"
+    );
+    assert_eq!(
+        exported,
+        source_multiset(src, false),
+        "seed {seed}: exactly the source"
+    );
+    assert!(deliveries > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_deliveries_kills_and_lost_replies_export_exactly_the_source() {
+    let dir = TempDir::new("model-check");
+    let src = dir.0.join("src");
+    bulk_export_testkit::generate::generate(&src, 4, 21).unwrap();
+    let seeds: Vec<u64> = match std::env::var("MODEL_CHECK_SEED") {
+        Ok(s) => vec![s.parse().unwrap()],
+        Err(_) => {
+            let n: u64 = std::env::var("MODEL_CHECK_SEEDS")
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(200);
+            (1..=n).collect()
+        }
+    };
+    for seed in &seeds {
+        check_seed(*seed, &src).await;
+    }
+    println!("{} seeds exported exactly the source", seeds.len());
+}
