@@ -162,7 +162,7 @@ impl Results<'_> {
         let mut r = String::from("## Datasets\n\n");
         let _ = writeln!(
             r,
-            "| dataset | used for | patients | resources (excl. Group) | NDJSON MB |\n|---|---|---:|---:|---:|\n\
+            "| dataset | used for | patients | resources | NDJSON MB |\n|---|---|---:|---:|---:|\n\
              | large | system exports, requests, RSS | {} | {large_n} | {:.1} |\n\
              | chain | one chain vs the upstream, partitions | {} | {chain_n} | {:.1} |\n\
              | xlarge | RSS | {} | {} | {:.1} |\n",

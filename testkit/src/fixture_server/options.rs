@@ -18,6 +18,9 @@ pub struct FixtureOptions {
     pub faults: Vec<FaultRule>,
     /// Seed of the generator behind `Trigger::Probability`.
     pub seed: u64,
+    /// Search parameters silently ignored, as a lenient server ignores one
+    /// it does not support (whatever `Prefer: handling=strict` asks).
+    pub ignored_params: Vec<String>,
 }
 
 impl Default for FixtureOptions {
@@ -28,6 +31,7 @@ impl Default for FixtureOptions {
             default_count: 100,
             faults: Vec::new(),
             seed: 1,
+            ignored_params: Vec::new(),
         }
     }
 }

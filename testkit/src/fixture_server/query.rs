@@ -72,7 +72,13 @@ pub(crate) fn parse_search(
     let params = bulk_export_core::fhir::compartment::compartment_params(ty).unwrap_or(&[]);
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        s.apply(ty, params, &decode(k), &decode(v))?;
+        let k = decode(k);
+        if opts.ignored_params.contains(&k) {
+            // A server that does not support a parameter and is lenient
+            // answers as if it had not been sent.
+            continue;
+        }
+        s.apply(ty, params, &k, &decode(v))?;
     }
     if let Some(cap) = opts.page_size_cap {
         s.count = s.count.min(cap);

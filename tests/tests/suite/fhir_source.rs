@@ -193,3 +193,40 @@ async fn an_upstream_error_for_one_type_is_a_partial_success() {
         "{oo}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_export_whose_every_type_failed_is_a_failed_export() {
+    let dir = TempDir::new("fhir-all-err");
+    let src = dir.0.join("src");
+    generate(&src, 3, 5).unwrap();
+    let fixture = FhirFixture::start(&src).await;
+    let source = SourceSpec::Fhir {
+        base: fixture.base.clone(),
+        token: None,
+    };
+    let stack = running_stack(&dir.0.join("data"), source, small_config(), 2).await;
+    let status_url = kickoff(
+        &stack.base_url,
+        "_type=Observation&_typeFilter=Observation%3Fnot-a-param%3D1",
+    )
+    .await;
+    for _ in 0..600 {
+        let resp = http().get(&status_url).send().await.unwrap();
+        match resp.status().as_u16() {
+            202 => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+            500 => {
+                let oo: Value = resp.json().await.unwrap();
+                assert_eq!(oo["resourceType"], "OperationOutcome");
+                let text = oo["issue"][0]["diagnostics"].as_str().unwrap();
+                assert!(
+                    text.contains("No resource type could be exported")
+                        && text.contains("Observation"),
+                    "{oo}"
+                );
+                return;
+            }
+            s => panic!("status {s}: {}", resp.text().await.unwrap()),
+        }
+    }
+    panic!("the export did not end");
+}

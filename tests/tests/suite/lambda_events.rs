@@ -220,3 +220,34 @@ async fn consecutive_scheduled_exports_have_no_gaps_and_no_overlaps() {
         changed.len()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scheduled_export_with_a_failed_type_is_not_a_success() {
+    let (_dir, src, stack) = ndjson_stack("sched-fail", 10, 4, small_config(), 2).await;
+    // A Patient in the Observation file: the Observation chain fails.
+    let observations = src.join("Observation.ndjson");
+    let good = std::fs::read(&observations).unwrap();
+    let mut bad = good.clone();
+    bad.extend_from_slice(b"{\"resourceType\":\"Patient\",\"id\":\"stray\"}\n");
+    std::fs::write(&observations, &bad).unwrap();
+    let (first, manifest) = run_schedule(&stack).await;
+    assert!(first["since"].is_null());
+    assert_eq!(
+        manifest["error"].as_array().unwrap().len(),
+        1,
+        "the failed type is reported: {manifest}"
+    );
+    std::fs::write(&observations, &good).unwrap();
+    let (second, manifest) = run_schedule(&stack).await;
+    assert!(
+        second["since"].is_null(),
+        "a run with a failed type is no success to continue from: {second}"
+    );
+    let files = download_outputs(&manifest).await;
+    let got = multiset(files.iter().map(|(_, _, b)| b.as_slice()));
+    let want: std::collections::BTreeMap<_, _> = source_multiset(&src, false)
+        .into_iter()
+        .filter(|((t, _), _)| t == "Patient" || t == "Observation")
+        .collect();
+    assert_eq!(got, want, "the next run exports everything again");
+}

@@ -584,3 +584,62 @@ async fn a_file_left_closing_is_completed_by_the_next_step() {
 async fn a_file_left_closing_whose_upload_was_lost_is_exported_again() {
     closing_file_left_over("closinglost", true).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_before_the_referenced_phase_still_cleans_up_everything() {
+    // A Patient-level export holds waiting referenced-resources chains from
+    // the start; no step of theirs will ever run to count them finished.
+    let (_dir, _src, stack) = ndjson_stack("cancel-ref", 20, 2, small_config(), 0).await;
+    let svc = stack.services.clone();
+    let resp = http()
+        .get(format!("{}/Patient/$export", stack.base_url))
+        .header("Accept", "application/fhir+json")
+        .header("Prefer", "respond-async")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    let status_url = resp.headers()["content-location"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let job_id = status_url.rsplit('/').next().unwrap().to_string();
+    let chains = svc.store.list_chains(&job_id).await.unwrap();
+    assert!(
+        chains.iter().any(|c| c.referenced),
+        "the export has a referenced phase"
+    );
+    // One step runs before the cancel, so a file exists.
+    let ev = stack.queue.try_next().await.unwrap();
+    run_step(&svc, &ev, None).await.unwrap();
+    assert_eq!(
+        http().delete(&status_url).send().await.unwrap().status(),
+        202
+    );
+    // A step in flight during the cancel writes after its deletion.
+    let job = svc.store.get_job(&job_id).await.unwrap().unwrap();
+    let late = format!("{}/Observation-99.ndjson", job.folder);
+    svc.objects
+        .put_object(&late, Bytes::from_static(b"{}\n"))
+        .await
+        .unwrap();
+    drain(&stack, &svc).await;
+    let chains = svc.store.list_chains(&job_id).await.unwrap();
+    assert!(
+        chains.iter().all(|c| c.state.is_finished()),
+        "every chain, waiting ones included, ended: {:?}",
+        chains
+            .iter()
+            .map(|c| (&c.chain_id, c.state))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(
+        svc.objects
+            .list_keys(&format!("{}/", job.folder))
+            .await
+            .unwrap(),
+        Vec::<String>::new(),
+        "nothing of the cancelled export remains"
+    );
+    assert_eq!(http().get(&status_url).send().await.unwrap().status(), 404);
+}

@@ -260,3 +260,72 @@ async fn the_next_page_is_requested_early_only_when_promised() {
     assert_eq!(small, plain);
     assert_eq!(seen, (0..pages).collect::<Vec<_>>());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_ignoring_a_compartment_parameter_leaks_no_other_patient() {
+    // The upstream silently ignores `subject` (as a lenient server ignores a
+    // parameter it does not support): a Group export's Observation search
+    // by subject answers with every patient's Observations.
+    let dir = TempDir::new("ignored-param");
+    let src = dir.0.join("src");
+    generate(&src, 24, 8).unwrap();
+    let opts = FixtureOptions {
+        ignored_params: vec!["subject".into()],
+        ..FixtureOptions::default()
+    };
+    let fixture = start_fixture(&src, opts).await.unwrap();
+    let spec = SourceSpec::Fhir {
+        base: fixture.base_url().to_string(),
+        token: None,
+    };
+    let stack = running_stack(&dir.0.join("data"), spec, small_config(), 2).await;
+    let resp = http()
+        .get(format!(
+            "{}/Group/every-third/$export?_type=Observation",
+            stack.base_url
+        ))
+        .header("Accept", "application/fhir+json")
+        .header("Prefer", "respond-async")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    let status_url = resp.headers()["content-location"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let manifest = wait_complete(&status_url).await;
+    let files = download_outputs(&manifest).await;
+    // The members as kick-off resolved them (nested Groups, exclusions).
+    let job_id = status_url.rsplit('/').next().unwrap();
+    let job = stack.services.store.get_job(job_id).await.unwrap().unwrap();
+    let bulk_export_core::model::PatientScope::Members(members) = &job.scope else {
+        panic!("a Group export's scope is its members");
+    };
+    assert!(members.len() < 24, "some patients are not members");
+    let linked = |v: &Value| {
+        bulk_export_core::fhir::compartment::patient_links(v)
+            .iter()
+            .any(|(_, id)| members.binary_search(id).is_ok())
+    };
+    let mut exported = 0;
+    for (_, _, body) in &files {
+        for line in body.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+            let v: Value = serde_json::from_slice(line).unwrap();
+            assert!(linked(&v), "a non-member's {} was exported", v["id"]);
+            exported += 1;
+        }
+    }
+    let observations = std::fs::read_to_string(src.join("Observation.ndjson")).unwrap();
+    let (all, expected) = observations
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .fold((0, 0), |(a, e), v| (a + 1, e + usize::from(linked(&v))));
+    assert!(
+        expected < all,
+        "the upstream's answers held non-members' resources"
+    );
+    // The ignored search answered with everything, members' Observations too.
+    assert_eq!(exported, expected, "every member's Observation, once");
+    println!("{exported} of {expected} member Observations exported; {all} in the source");
+}
