@@ -14,6 +14,9 @@ pub enum SourceError {
     /// A permanent failure (4xx, a body that is not FHIR, a looping `next` link).
     #[error("source error: {0}")]
     Permanent(String),
+    /// A response body over the reader's limit (bytes), never read whole.
+    #[error("source response larger than {0} bytes")]
+    TooLarge(usize),
 }
 
 /// What one page request asks for.

@@ -329,3 +329,89 @@ async fn an_upstream_ignoring_a_compartment_parameter_leaks_no_other_patient() {
     assert_eq!(exported, expected, "every member's Observation, once");
     println!("{exported} of {expected} member Observations exported; {all} in the source");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_over_the_body_limit_are_asked_again_smaller_and_a_giant_resource_fails_its_type() {
+    use std::io::Write;
+    let dir = TempDir::new("body-limit");
+    let src = dir.0.join("src");
+    generate(&src, 6, 3).unwrap();
+    let lu = "2024-01-01T00:00:00.000Z";
+    let append = |file: &str, lines: Vec<String>| {
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(src.join(file))
+            .unwrap();
+        for l in lines {
+            writeln!(f, "{l}").unwrap();
+        }
+    };
+    // Observations with large inline notes: a page of 100 is ~2 MB.
+    let note = "n".repeat(20_000);
+    append(
+        "Observation.ndjson",
+        (0..60)
+            .map(|i| {
+                serde_json::json!({"resourceType": "Observation", "id": format!("big-{i}"),
+                "meta": {"lastUpdated": lu}, "status": "final", "code": {"text": "note"},
+                "subject": {"reference": "Patient/pt-0"}, "note": [{"text": note}]})
+                .to_string()
+            })
+            .collect(),
+    );
+    // One Condition larger than the limit on its own.
+    append(
+        "Condition.ndjson",
+        vec![serde_json::json!({"resourceType": "Condition", "id": "giant", "meta": {"lastUpdated": lu},
+            "subject": {"reference": "Patient/pt-0"}, "note": [{"text": "g".repeat(400_000)}]})
+        .to_string()],
+    );
+    let fixture = start_fixture(&src, FixtureOptions::default())
+        .await
+        .unwrap();
+    let spec = SourceSpec::Fhir {
+        base: fixture.base_url().to_string(),
+        token: None,
+    };
+    let stack = running_stack(&dir.0.join("data"), spec, small_config(), 0).await;
+    let source = FhirServerSource::new(fixture.base_url(), None, fast_retries())
+        .unwrap()
+        .with_max_body_bytes(256 * 1024);
+    let svc = ExportServices {
+        source: Arc::new(source),
+        ..stack.services.clone()
+    };
+    let status_url = kickoff(&stack.base_url, "_type=Observation,Condition").await;
+    drain(&stack, &svc).await;
+    let manifest = wait_complete(&status_url).await;
+    let files = download_outputs(&manifest).await;
+    let got = multiset(files.iter().map(|(_, _, b)| b.as_slice()));
+    let want: std::collections::BTreeMap<_, _> = source_multiset(&src, false)
+        .into_iter()
+        .filter(|((t, _), _)| t == "Observation")
+        .collect();
+    let got_obs: std::collections::BTreeMap<_, _> = got
+        .iter()
+        .filter(|((t, _), _)| t == "Observation")
+        .map(|(k, v)| (k.clone(), *v))
+        .collect();
+    assert_eq!(
+        got_obs, want,
+        "every Observation once, through smaller pages"
+    );
+    assert!(!got.contains_key(&("Condition".to_string(), "giant".to_string())));
+    let errors = manifest["error"].as_array().unwrap();
+    assert_eq!(errors.len(), 1, "{manifest}");
+    let body = http()
+        .get(errors[0]["url"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        body.contains("Condition") && body.contains("_count=1"),
+        "the type's error says why: {body}"
+    );
+}

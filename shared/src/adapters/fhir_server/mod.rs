@@ -64,13 +64,20 @@ pub struct FhirServerSource {
     auth: std::sync::Arc<UpstreamAuth>,
     retry: RetryPolicy,
     ahead: std::sync::Arc<ReadAhead>,
+    max_body: usize,
 }
+
+/// Largest upstream response body read: a bigger page is asked for again
+/// with half its `_count`, so an upstream's inline attachments never grow
+/// a step's memory past this (and a copy of it) however large they are.
+pub const MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
 
 enum Attempt {
     Done(bytes::Bytes),
     NotFound,
     Retry(String, Option<Duration>),
     Fail(String),
+    TooLarge,
 }
 
 impl FhirServerSource {
@@ -95,7 +102,14 @@ impl FhirServerSource {
             auth: std::sync::Arc::new(auth),
             retry,
             ahead: std::sync::Arc::default(),
+            max_body: MAX_BODY_BYTES,
         })
+    }
+
+    /// The same source reading bodies of at most `bytes`.
+    pub fn with_max_body_bytes(mut self, bytes: usize) -> Self {
+        self.max_body = bytes;
+        self
     }
 
     /// The same source authenticating with `auth` instead.
@@ -190,9 +204,29 @@ impl FhirServerSource {
         if !status.is_success() {
             return Attempt::Fail(format!("upstream answered {}", status.as_u16()));
         }
-        match resp.bytes().await {
-            Ok(b) => Attempt::Done(b),
-            Err(e) => Attempt::Retry(format!("reading body failed: {}", classify(&e)), None),
+        self.read_body(resp).await
+    }
+
+    /// The response body, read chunk by chunk up to the size limit.
+    async fn read_body(&self, mut resp: reqwest::Response) -> Attempt {
+        if resp
+            .content_length()
+            .is_some_and(|n| n > self.max_body as u64)
+        {
+            return Attempt::TooLarge;
+        }
+        let mut body = bytes::BytesMut::new();
+        loop {
+            match resp.chunk().await {
+                Ok(Some(chunk)) if body.len() + chunk.len() > self.max_body => {
+                    return Attempt::TooLarge;
+                }
+                Ok(Some(chunk)) => body.extend_from_slice(&chunk),
+                Ok(None) => return Attempt::Done(body.freeze()),
+                Err(e) => {
+                    return Attempt::Retry(format!("reading body failed: {}", classify(&e)), None);
+                }
+            }
         }
     }
 
@@ -224,6 +258,38 @@ impl FhirServerSource {
             None => {
                 self.fetch_search_page(url, ty, budget, &Lineage::default())
                     .await
+            }
+        }
+    }
+
+    /// `search_page`, asking again with half the `_count` while the page is
+    /// over the body limit (the upstream's `next` links then carry the
+    /// smaller count on). A single resource over the limit fails the type.
+    async fn search_page_within_limit(
+        &self,
+        url: &str,
+        ty: &str,
+        budget: usize,
+    ) -> Result<FramedPage, SourceError> {
+        let mut url = std::borrow::Cow::Borrowed(url);
+        loop {
+            match self.search_page(&url, ty, budget).await {
+                Err(SourceError::TooLarge(limit)) => match halve_count(&url) {
+                    Some(smaller) => {
+                        tracing::warn!(
+                            resource_type = ty,
+                            limit,
+                            "upstream page over the body limit; asking for fewer entries"
+                        );
+                        url = std::borrow::Cow::Owned(smaller);
+                    }
+                    None => {
+                        return Err(SourceError::Permanent(format!(
+                            "a {ty} search page is larger than {limit} bytes even with _count=1"
+                        )));
+                    }
+                },
+                other => return other,
             }
         }
     }
@@ -284,6 +350,7 @@ impl FhirServerSource {
                 }
                 Attempt::NotFound => return Ok(None),
                 Attempt::Fail(reason) => return Err(SourceError::Permanent(reason)),
+                Attempt::TooLarge => return Err(SourceError::TooLarge(self.max_body)),
                 Attempt::Retry(reason, after) => {
                     last = reason;
                     after
@@ -305,6 +372,28 @@ impl FhirServerSource {
         }
         Err(SourceError::Exhausted(last))
     }
+}
+
+/// `url` with its `_count` halved, `None` when it has none or it is 1.
+fn halve_count(url: &str) -> Option<String> {
+    let (path, query) = url.split_once('?')?;
+    let mut halved = false;
+    let params: Vec<String> = query
+        .split('&')
+        .map(|p| {
+            match p
+                .strip_prefix("_count=")
+                .and_then(|n| n.parse::<u64>().ok())
+            {
+                Some(n) if n > 1 && !halved => {
+                    halved = true;
+                    format!("_count={}", n / 2)
+                }
+                _ => p.to_string(),
+            }
+        })
+        .collect();
+    halved.then(|| format!("{path}?{}", params.join("&")))
 }
 
 /// The patient restriction of each upstream query: `_id=` for Patient, one
@@ -546,7 +635,9 @@ impl Source for FhirServerSource {
             }
         };
         let ty = req.resource_type;
-        let framed = self.search_page(&url, ty, req.read_ahead_below).await?;
+        let framed = self
+            .search_page_within_limit(&url, ty, req.read_ahead_below)
+            .await?;
         let next = match framed.next {
             Some(n) => {
                 if n == url {
@@ -658,5 +749,25 @@ impl Source for FhirServerSource {
 
     fn supports_type_filter(&self) -> bool {
         true
+    }
+}
+
+#[cfg(test)]
+mod body_limit_tests {
+    use super::halve_count;
+
+    #[test]
+    fn halving_the_count_keeps_the_rest_of_the_query() {
+        assert_eq!(
+            halve_count("https://h/fhir/Observation?_count=500&_pretty=false&_id=a").as_deref(),
+            Some("https://h/fhir/Observation?_count=250&_pretty=false&_id=a")
+        );
+        assert_eq!(
+            halve_count("https://h/fhir/Observation?_pretty=false&_count=3").as_deref(),
+            Some("https://h/fhir/Observation?_pretty=false&_count=1")
+        );
+        assert_eq!(halve_count("https://h/fhir/Observation?_count=1"), None);
+        assert_eq!(halve_count("https://h/fhir/Observation?page=7"), None);
+        assert_eq!(halve_count("https://h/fhir/Observation"), None);
     }
 }

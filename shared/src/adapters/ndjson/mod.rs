@@ -1,6 +1,6 @@
 //! [`Source`] over `<Type>*.ndjson[.gz]` files in a directory or under an S3
-//! prefix. The cursor is `<file index>:<byte offset>`, so a page can be re-read
-//! exactly.
+//! prefix. The cursor is `<file name>:<byte offset>`, so a page can be
+//! re-read exactly, and files added to the location meanwhile never move it.
 
 pub mod location;
 
@@ -11,7 +11,7 @@ use crate::fhir::resource_types::is_resource_type;
 use crate::model::{PatientScope, compartment_owner};
 use crate::ports::source::{Page, PageRequest, Source, SourceError};
 use async_trait::async_trait;
-use std::io::BufRead;
+use std::io::{BufRead, Read};
 use std::path::PathBuf;
 
 /// Most bytes one page scans, so a filter that rejects everything still
@@ -22,7 +22,13 @@ const MAX_SCAN_BYTES: u64 = 16 * 1024 * 1024;
 #[derive(Debug, Clone)]
 pub struct NdjsonSource {
     location: Location,
+    max_line: u64,
 }
+
+/// Longest NDJSON line read (the default file size limit: a longer resource
+/// could not be exported anyway). A longer line fails its type with a clear
+/// error instead of growing the step's memory with it.
+pub const MAX_LINE_BYTES: u64 = 64 * 1024 * 1024;
 
 fn io_err(e: std::io::Error) -> SourceError {
     SourceError::Permanent(format!("reading NDJSON source: {}", e.kind()))
@@ -47,11 +53,23 @@ pub fn type_of_file(name: &str) -> Option<&str> {
     is_resource_type(ty).then_some(ty)
 }
 
-/// Reads a `<file index>:<byte offset>` cursor.
-fn parse_cursor(c: &str) -> Result<(usize, u64), SourceError> {
-    c.split_once(':')
-        .and_then(|(f, o)| Some((f.parse().ok()?, o.parse().ok()?)))
-        .ok_or_else(|| SourceError::Permanent("malformed NDJSON cursor".into()))
+/// Where a `<file name>:<byte offset>` cursor points in the current listing
+/// of the type's files: by name, so a file added to or removed from the
+/// location meanwhile never shifts it onto another file. (Cursors stored by
+/// earlier versions name the file by its index in the listing.)
+fn resume_at(files: &[String], cursor: &str) -> Result<(usize, u64), SourceError> {
+    let malformed = || SourceError::Permanent("malformed NDJSON cursor".into());
+    let (file, offset) = cursor.rsplit_once(':').ok_or_else(malformed)?;
+    let offset: u64 = offset.parse().map_err(|_| malformed())?;
+    if let Ok(index) = file.parse::<usize>() {
+        return Ok((index, offset));
+    }
+    let index = files.iter().position(|f| f == file).ok_or_else(|| {
+        SourceError::Permanent(
+            "an NDJSON source file was removed while it was being exported".into(),
+        )
+    })?;
+    Ok((index, offset))
 }
 
 /// Whether a resource line belongs in the page: it must be a resource of the
@@ -115,13 +133,21 @@ impl NdjsonSource {
     pub fn new(dir: impl Into<PathBuf>) -> Self {
         Self {
             location: Location::Dir(dir.into()),
+            max_line: MAX_LINE_BYTES,
         }
+    }
+
+    /// The same source refusing lines longer than `bytes`.
+    pub fn with_max_line_bytes(mut self, bytes: u64) -> Self {
+        self.max_line = bytes;
+        self
     }
 
     /// A source over the objects directly under an S3 prefix.
     pub fn s3(prefix: S3Prefix) -> Self {
         Self {
             location: Location::S3(prefix),
+            max_line: MAX_LINE_BYTES,
         }
     }
 
@@ -135,7 +161,7 @@ impl NdjsonSource {
         let files = self.files_of(req.resource_type)?;
         let (mut file_idx, mut offset) = match req.cursor {
             None => (0usize, 0u64),
-            Some(c) => parse_cursor(c)?,
+            Some(c) => resume_at(&files, c)?,
         };
         let mut page = Page::default();
         let mut scanned = 0u64;
@@ -146,7 +172,7 @@ impl NdjsonSource {
             let mut window_start = offset;
             loop {
                 if page.count as usize >= req.page_size || scanned >= MAX_SCAN_BYTES {
-                    page.next = Some(format!("{file_idx}:{offset}"));
+                    page.next = Some(format!("{file}:{offset}"));
                     return Ok(page);
                 }
                 let n = self.read_line(file, &mut opened, &mut window_start, offset, &mut line)?;
@@ -187,7 +213,18 @@ impl NdjsonSource {
     ) -> Result<u64, SourceError> {
         loop {
             line.clear();
-            let n = opened.reader.read_until(b'\n', line).map_err(io_err)? as u64;
+            // One byte over the limit tells a line that is too long from one
+            // that is exactly as long as the limit.
+            let n = (&mut opened.reader)
+                .take(self.max_line + 1)
+                .read_until(b'\n', line)
+                .map_err(io_err)? as u64;
+            if n > self.max_line {
+                return Err(SourceError::Permanent(format!(
+                    "{file} has a line longer than {} bytes at byte {offset}",
+                    self.max_line
+                )));
+            }
             if n == 0 {
                 if opened.window_end.is_some_and(|end| offset >= end) {
                     // The ranged read ended, not the object.
@@ -373,5 +410,68 @@ impl OwnedRequest {
             batch: None,
             read_ahead_below: 0,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cursor_names_its_file_whatever_the_listing_gained_or_lost() {
+        let before = vec![
+            "Observation-1.ndjson".to_string(),
+            "Observation-2.ndjson".into(),
+        ];
+        let cursor = "Observation-2.ndjson:4096";
+        assert_eq!(resume_at(&before, cursor).unwrap(), (1, 4096));
+        // A file that sorts first appeared meanwhile: still the same file.
+        let grown = vec![
+            "Observation-0.ndjson".to_string(),
+            "Observation-1.ndjson".into(),
+            "Observation-2.ndjson".into(),
+        ];
+        assert_eq!(resume_at(&grown, cursor).unwrap(), (2, 4096));
+        // The file is gone: a clear error, never another file's bytes.
+        let shrunk = vec!["Observation-1.ndjson".to_string()];
+        assert!(resume_at(&shrunk, cursor).is_err());
+        // Cursors stored by earlier versions give the index.
+        assert_eq!(resume_at(&before, "1:10").unwrap(), (1, 10));
+        assert!(resume_at(&before, "Observation-2.ndjson").is_err());
+        assert!(resume_at(&before, "Observation-2.ndjson:x").is_err());
+    }
+}
+
+#[cfg(test)]
+mod line_limit_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_line_over_the_limit_fails_its_type_without_being_read_whole() {
+        let dir = std::env::temp_dir().join(format!("ndjson-line-limit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ok = r#"{"resourceType":"Basic","id":"a"}"#;
+        let long = format!(
+            r#"{{"resourceType":"Basic","id":"b","x":"{}"}}"#,
+            "y".repeat(500)
+        );
+        std::fs::write(dir.join("Basic.ndjson"), format!("{ok}\n{long}\n")).unwrap();
+        let source = NdjsonSource::new(&dir).with_max_line_bytes(100);
+        let req = PageRequest {
+            resource_type: "Basic",
+            cursor: None,
+            since: None,
+            until: time::OffsetDateTime::now_utc(),
+            type_filters: &[],
+            page_size: 10,
+            scope: &PatientScope::None,
+            batch: None,
+            read_ahead_below: 0,
+        };
+        let err = source.fetch_page(&req).await.unwrap_err();
+        assert!(err.to_string().contains("longer than 100 bytes"), "{err}");
+        let roomy = NdjsonSource::new(&dir).with_max_line_bytes(1000);
+        assert_eq!(roomy.fetch_page(&req).await.unwrap().count, 2);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
