@@ -12,6 +12,9 @@ pub struct FixtureOptions {
     pub latency: Duration,
     /// Most entries per page, whatever `_count` asks for.
     pub page_size_cap: Option<usize>,
+    /// Most entries per page of a search by `_id` (servers cap some
+    /// searches lower than others).
+    pub id_search_page_cap: Option<usize>,
     /// `_count` when a search gives none.
     pub default_count: usize,
     /// Fault rules; the first that fires for a search applies.
@@ -28,6 +31,7 @@ impl Default for FixtureOptions {
         Self {
             latency: Duration::ZERO,
             page_size_cap: None,
+            id_search_page_cap: None,
             default_count: 100,
             faults: Vec::new(),
             seed: 1,

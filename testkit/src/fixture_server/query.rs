@@ -83,6 +83,9 @@ pub(crate) fn parse_search(
     if let Some(cap) = opts.page_size_cap {
         s.count = s.count.min(cap);
     }
+    if let Some(cap) = opts.id_search_page_cap.filter(|_| s.ids.is_some()) {
+        s.count = s.count.min(cap);
+    }
     Ok(s)
 }
 

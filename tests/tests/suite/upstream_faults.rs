@@ -415,3 +415,53 @@ async fn pages_over_the_body_limit_are_asked_again_smaller_and_a_giant_resource_
         "the type's error says why: {body}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn or_typefilters_stay_exact_when_the_upstream_caps_its_pages() {
+    // Two `_typeFilter`s of one type overlap (pt-1's Observations match
+    // both). The second filter's results drop what the first matched, by an
+    // `_id` probe; the upstream answers searches by `_id` with at most 2
+    // entries a page whatever `_count` asks, so the probe must follow its
+    // `next` links.
+    let dir = TempDir::new("probe-pages");
+    let src = dir.0.join("src");
+    generate(&src, 6, 3).unwrap();
+    let opts = FixtureOptions {
+        id_search_page_cap: Some(2),
+        ..FixtureOptions::default()
+    };
+    let fixture = start_fixture(&src, opts).await.unwrap();
+    let spec = SourceSpec::Fhir {
+        base: fixture.base_url().to_string(),
+        token: None,
+    };
+    let stack = running_stack(&dir.0.join("data"), spec, small_config(), 2).await;
+    let q = "_type=Observation&_typeFilter=Observation%3Fsubject%3DPatient/pt-1,Observation%3Fsubject%3DPatient/pt-1%2CPatient/pt-2";
+    let manifest = wait_complete(&kickoff(&stack.base_url, q).await).await;
+    let files = download_outputs(&manifest).await;
+    let got = multiset(files.iter().map(|(_, _, b)| b.as_slice()));
+    let observations = std::fs::read_to_string(src.join("Observation.ndjson")).unwrap();
+    let want: std::collections::BTreeMap<_, _> = observations
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|v| {
+            let s = v["subject"]["reference"].as_str().unwrap_or_default();
+            s == "Patient/pt-1" || s == "Patient/pt-2"
+        })
+        .map(|v| {
+            (
+                (
+                    "Observation".to_string(),
+                    v["id"].as_str().unwrap().to_string(),
+                ),
+                1,
+            )
+        })
+        .collect();
+    let shared = want
+        .keys()
+        .filter(|(_, id)| id.starts_with("obs-1-"))
+        .count();
+    assert!(shared > 2, "more overlapping matches than one capped page");
+    assert_eq!(got, want, "each matching Observation exactly once");
+}

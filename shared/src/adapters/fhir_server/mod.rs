@@ -262,6 +262,48 @@ impl FhirServerSource {
         }
     }
 
+    /// The ids a membership probe from `url` matches, on every page of it (a
+    /// server may cap a page below the `_count` asked for): a probe for `n`
+    /// ids has at most `n` non-empty pages.
+    async fn collect_matching_ids(
+        &self,
+        url: &str,
+        ty: &str,
+        n: usize,
+        seen: &mut std::collections::HashSet<String>,
+    ) -> Result<(), SourceError> {
+        let mut next = Some(url.to_string());
+        let mut pages = 0;
+        while let Some(url) = next.take() {
+            pages += 1;
+            if pages > n + 1 {
+                return Err(SourceError::Permanent(format!(
+                    "upstream paging of a {ty} _id probe does not end"
+                )));
+            }
+            let framed = self.search_page_within_limit(&url, ty, 0).await?;
+            for line in framed
+                .ndjson
+                .split(|b| *b == b'\n')
+                .filter(|l| !l.is_empty())
+            {
+                if let Some(id) = read_head(line).ok().and_then(|h| h.id) {
+                    seen.insert(id.to_string());
+                }
+            }
+            if let Some(link) = framed.next {
+                if link == url {
+                    return Err(SourceError::Permanent(
+                        "upstream next link points back to the same page".into(),
+                    ));
+                }
+                self.check_same_upstream(&link)?;
+                next = Some(link);
+            }
+        }
+        Ok(())
+    }
+
     /// `search_page`, asking again with half the `_count` while the page is
     /// over the body limit (the upstream's `next` links then carry the
     /// smaller count on). A single resource over the limit fails the type.
@@ -523,17 +565,8 @@ impl FhirServerSource {
                     &percent_encoding::utf8_percent_encode(&batch.join(","), QUERY_UNSAFE)
                         .to_string(),
                 );
-                let ty = req.resource_type;
-                let framed = self.search_page(&url, ty, 0).await?;
-                for line in framed
-                    .ndjson
-                    .split(|b| *b == b'\n')
-                    .filter(|l| !l.is_empty())
-                {
-                    if let Some(id) = read_head(line).ok().and_then(|h| h.id) {
-                        seen.insert(id.to_string());
-                    }
-                }
+                self.collect_matching_ids(&url, req.resource_type, batch.len(), &mut seen)
+                    .await?;
             }
         }
         let mut out = Vec::with_capacity(ndjson.len());
