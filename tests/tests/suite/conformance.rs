@@ -1066,8 +1066,7 @@ async fn part_numbers_may_have_gaps_and_must_ascend(b: &Backend) {
         .await
         .unwrap();
     // A losing attempt's part of the same index, never committed.
-    let loser = b
-        .objects
+    b.objects
         .upload_part(key, &id, 5, big_part(b'l'))
         .await
         .unwrap();
@@ -1080,19 +1079,37 @@ async fn part_numbers_may_have_gaps_and_must_ascend(b: &Backend) {
         number,
         etag: etag.clone(),
     };
-    assert_invalid_part(
-        b.objects
-            .complete_upload(key, &id, &[part(5, &loser), part(4, &e1)])
-            .await,
-        "descending part numbers",
-    );
-    assert_eq!(b.objects.object_size(key).await.unwrap(), None);
     b.objects
         .complete_upload(key, &id, &[part(4, &e1), part(9, &e2)])
         .await
         .unwrap();
     let got = b.objects.get_object(key).await.unwrap().unwrap();
     assert!(got == concat(&[&p1, &p2]), "only the named parts, in order");
+
+    let key = "out/j1/Device-2.ndjson";
+    let id = b.objects.create_upload(key).await.unwrap();
+    let e4 = b
+        .objects
+        .upload_part(key, &id, 4, big_part(b'4'))
+        .await
+        .unwrap();
+    let e5 = b
+        .objects
+        .upload_part(key, &id, 5, big_part(b'5'))
+        .await
+        .unwrap();
+    let descending = b
+        .objects
+        .complete_upload(key, &id, &[part(5, &e5), part(4, &e4)])
+        .await;
+    if b.kind == Kind::External {
+        // moto completes parts named in descending order (S3 answers
+        // InvalidPartOrder); the exporter always names them ascending.
+        descending.unwrap();
+        return;
+    }
+    assert_invalid_part(descending, "descending part numbers");
+    assert_eq!(b.objects.object_size(key).await.unwrap(), None);
 }
 
 async fn a_small_part_before_the_last_fails_completion(b: &Backend) {
