@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod lossy;
+pub mod wrappers;
 
 use bulk_export::aws_clients::Endpoints;
 use bulk_export::http_server::no_auth;

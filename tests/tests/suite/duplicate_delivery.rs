@@ -1,20 +1,18 @@
 //! At-least-once delivery: every step delivered twice concurrently and once
 //! more afterwards gives exactly the output of a clean run.
 
+use crate::common::wrappers::{HookedObjects, ObjectCall, ObjectHooks};
 use crate::common::*;
 use bulk_export_core::adapters::memory::MIN_PART_SIZE;
-use bulk_export_core::model::UploadedPart;
 use bulk_export_core::model::config::ExportConfig;
 use bulk_export_core::ports::object_store::{ObjectError, ObjectStore};
 use bulk_export_core::ports::services::ExportServices;
 use bulk_export_core::worker::outcome::StepOutcome;
 use bulk_export_core::worker::step::run_step;
-use bytes::Bytes;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_step_replayed_gives_identical_output() {
@@ -44,11 +42,10 @@ async fn every_step_replayed_gives_identical_output() {
     assert_eq!(exported, source_multiset(&src, false), "no loss");
 }
 
-/// An object store whose part uploads wait at a gate when `gated` (the
-/// delivery making them stalls mid-step, as a slow or frozen Lambda
-/// invocation does), and that counts completions refused with InvalidPart.
+/// Part uploads wait at a gate when `gated` (the delivery making them
+/// stalls mid-step, as a slow or frozen Lambda invocation does);
+/// completions refused with InvalidPart are counted.
 struct GatedUploads {
-    inner: Arc<dyn ObjectStore>,
     gated: bool,
     arrived: Arc<tokio::sync::Notify>,
     release: Arc<tokio::sync::Semaphore>,
@@ -56,57 +53,19 @@ struct GatedUploads {
 }
 
 #[async_trait::async_trait]
-impl ObjectStore for GatedUploads {
-    async fn create_upload(&self, key: &str) -> Result<String, ObjectError> {
-        self.inner.create_upload(key).await
-    }
-    async fn upload_part(
-        &self,
-        key: &str,
-        upload_id: &str,
-        part_number: u32,
-        body: Bytes,
-    ) -> Result<String, ObjectError> {
-        if self.gated {
+impl ObjectHooks for GatedUploads {
+    async fn before(&self, call: ObjectCall) -> Result<(), ObjectError> {
+        if self.gated && call == ObjectCall::UploadPart {
             self.arrived.notify_one();
             let _pass = self.release.acquire().await;
         }
-        self.inner
-            .upload_part(key, upload_id, part_number, body)
-            .await
+        Ok(())
     }
-    async fn complete_upload(
-        &self,
-        key: &str,
-        upload_id: &str,
-        parts: &[UploadedPart],
-    ) -> Result<(), ObjectError> {
-        let r = self.inner.complete_upload(key, upload_id, parts).await;
-        if matches!(r, Err(ObjectError::InvalidPart(_))) {
+    fn after_complete(&self, result: Result<(), ObjectError>) -> Result<(), ObjectError> {
+        if matches!(result, Err(ObjectError::InvalidPart(_))) {
             self.invalid_parts.fetch_add(1, Ordering::SeqCst);
         }
-        r
-    }
-    async fn abort_upload(&self, key: &str, upload_id: &str) -> Result<(), ObjectError> {
-        self.inner.abort_upload(key, upload_id).await
-    }
-    async fn put_object(&self, key: &str, body: Bytes) -> Result<(), ObjectError> {
-        self.inner.put_object(key, body).await
-    }
-    async fn object_size(&self, key: &str) -> Result<Option<u64>, ObjectError> {
-        self.inner.object_size(key).await
-    }
-    async fn presign_get(&self, key: &str, ttl: Duration) -> Result<String, ObjectError> {
-        self.inner.presign_get(key, ttl).await
-    }
-    async fn delete_prefix(&self, prefix: &str) -> Result<(), ObjectError> {
-        self.inner.delete_prefix(prefix).await
-    }
-    async fn get_object(&self, key: &str) -> Result<Option<Bytes>, ObjectError> {
-        self.inner.get_object(key).await
-    }
-    async fn list_keys(&self, prefix: &str) -> Result<Vec<String>, ObjectError> {
-        self.inner.list_keys(prefix).await
+        result
     }
 }
 
@@ -156,12 +115,14 @@ async fn a_stalled_duplicate_never_replaces_a_committed_part() {
     );
     let invalid_parts = Arc::new(AtomicU64::new(0));
     let wrap = |gated| -> Arc<dyn ObjectStore> {
-        Arc::new(GatedUploads {
+        Arc::new(HookedObjects {
             inner: stack.services.objects.clone(),
-            gated,
-            arrived: arrived.clone(),
-            release: release.clone(),
-            invalid_parts: invalid_parts.clone(),
+            hooks: GatedUploads {
+                gated,
+                arrived: arrived.clone(),
+                release: release.clone(),
+                invalid_parts: invalid_parts.clone(),
+            },
         })
     };
     let stalled = ExportServices {

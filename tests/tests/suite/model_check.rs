@@ -13,12 +13,13 @@
 //! `MODEL_CHECK_SEEDS` sets the number of seeds (default 200), and
 //! `MODEL_CHECK_SEED` runs a single one (to replay a failure).
 
+use crate::common::wrappers::{HookedStore, StoreCall, StoreHooks};
 use crate::common::{TempDir, multiset, source_multiset};
 use bulk_export_core::adapters::memory::{MemoryJobStore, MemoryObjectStore};
 use bulk_export_core::adapters::ndjson::NdjsonSource;
 use bulk_export_core::model::config::ExportConfig;
-use bulk_export_core::model::{Caller, Chain, FileRecord, Job, JobStatus, StepEvent};
-use bulk_export_core::ports::job_store::*;
+use bulk_export_core::model::{Caller, StepEvent};
+use bulk_export_core::ports::job_store::StoreError;
 use bulk_export_core::ports::services::ExportServices;
 use bulk_export_core::worker::in_process::{StepQueue, step_queue};
 use bulk_export_core::worker::step::run_step;
@@ -47,118 +48,20 @@ impl Dice {
     }
 }
 
-/// A job store whose chain and file writes sometimes apply and then fail, as
-/// a write does whose every reply was lost.
-struct LossyStore {
-    inner: MemoryJobStore,
+/// Chain and file writes that sometimes apply and then fail, as a write
+/// does whose every reply was lost.
+struct LostReplies {
     dice: Dice,
 }
 
-impl LossyStore {
-    fn lost(&self) -> Result<(), StoreError> {
+impl StoreHooks for LostReplies {
+    fn after(&self, _call: StoreCall) -> Result<(), StoreError> {
         if self.dice.one_in(9) {
             return Err(StoreError::Backend(
                 "reply lost after the write applied".into(),
             ));
         }
         Ok(())
-    }
-}
-
-#[async_trait::async_trait]
-impl JobReads for LossyStore {
-    async fn get_job(&self, id: &str) -> Result<Option<Job>, StoreError> {
-        self.inner.get_job(id).await
-    }
-    async fn active_jobs(&self) -> Result<Vec<Job>, StoreError> {
-        self.inner.active_jobs().await
-    }
-    async fn get_chain(&self, j: &str, c: &str) -> Result<Option<Chain>, StoreError> {
-        self.inner.get_chain(j, c).await
-    }
-    async fn list_chains(&self, j: &str) -> Result<Vec<Chain>, StoreError> {
-        self.inner.list_chains(j).await
-    }
-}
-
-#[async_trait::async_trait]
-impl JobWrites for LossyStore {
-    async fn create_job(&self, job: &Job, chains: &[Chain]) -> Result<(), StoreError> {
-        self.inner.create_job(job, chains).await
-    }
-    async fn set_job_status(
-        &self,
-        job: &Job,
-        status: JobStatus,
-        failure: Option<String>,
-    ) -> Result<(), StoreError> {
-        self.inner.set_job_status(job, status, failure).await
-    }
-    async fn cancel_job(&self, id: &str) -> Result<bool, StoreError> {
-        self.inner.cancel_job(id).await
-    }
-    async fn delete_job(&self, id: &str) -> Result<(), StoreError> {
-        self.inner.delete_job(id).await
-    }
-}
-
-#[async_trait::async_trait]
-impl ChainWrites for LossyStore {
-    async fn save_chain(&self, chain: &mut Chain) -> Result<(), StoreError> {
-        let v = chain.version;
-        self.inner.save_chain(chain).await?;
-        self.lost().inspect_err(|_| chain.version = v)
-    }
-    async fn finish_chain(&self, chain: &mut Chain) -> Result<(), StoreError> {
-        let v = chain.version;
-        self.inner.finish_chain(chain).await?;
-        self.lost().inspect_err(|_| chain.version = v)
-    }
-    async fn split_chain(
-        &self,
-        chain: &mut Chain,
-        new: &[Chain],
-        expires_at: i64,
-    ) -> Result<(), StoreError> {
-        self.inner.split_chain(chain, new, expires_at).await
-    }
-}
-
-#[async_trait::async_trait]
-impl FileRecords for LossyStore {
-    async fn put_file(&self, job_id: &str, file: &FileRecord) -> Result<(), StoreError> {
-        self.inner.put_file(job_id, file).await?;
-        self.lost()
-    }
-    async fn list_files(&self, job_id: &str) -> Result<Vec<FileRecord>, StoreError> {
-        self.inner.list_files(job_id).await
-    }
-    async fn next_file_number(
-        &self,
-        job_id: &str,
-        resource_type: &str,
-        expires_at: i64,
-    ) -> Result<u32, StoreError> {
-        self.inner
-            .next_file_number(job_id, resource_type, expires_at)
-            .await
-    }
-}
-
-#[async_trait::async_trait]
-impl PollCounter for LossyStore {
-    async fn record_poll(&self, j: &str, now: i64, window: i64) -> Result<u64, StoreError> {
-        self.inner.record_poll(j, now, window).await
-    }
-}
-
-#[async_trait::async_trait]
-impl ScheduleLog for LossyStore {
-    async fn record_schedule_success(&self, s: &str, t: &str) -> Result<(), StoreError> {
-        self.inner.record_schedule_success(s, t).await
-    }
-    async fn last_schedule_success(&self, s: &str) -> Result<Option<String>, StoreError> {
-        self.inner.last_schedule_success(s).await
     }
 }
 
@@ -277,9 +180,9 @@ async fn check_seed(seed: u64, src: &std::path::Path) {
     };
     let svc = ExportServices {
         config: Arc::new(config),
-        store: Arc::new(LossyStore {
-            inner: MemoryJobStore::new(),
-            dice: dice.clone(),
+        store: Arc::new(HookedStore {
+            inner: Arc::new(MemoryJobStore::new()),
+            hooks: LostReplies { dice: dice.clone() },
         }),
         objects: Arc::new(objects.clone()),
         source: Arc::new(NdjsonSource::new(src)),

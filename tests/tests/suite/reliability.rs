@@ -2,13 +2,13 @@
 //! recovered by the watchdog, storage faults retried without loss, expiry.
 //! Each test prints what it injected and what it checked.
 
+use crate::common::wrappers::{
+    HookedObjects, HookedStore, ObjectCall, ObjectHooks, StoreCall, StoreHooks,
+};
 use crate::common::*;
 use async_trait::async_trait;
-use bulk_export_core::model::{Chain, FileRecord, Job, JobStatus, UploadedPart};
-use bulk_export_core::ports::job_store::{
-    ChainWrites, FileRecords, JobReads, JobStore, JobWrites, PollCounter, ScheduleLog, StoreError,
-};
-use bulk_export_core::ports::object_store::{ObjectError, ObjectStore};
+use bulk_export_core::ports::job_store::StoreError;
+use bulk_export_core::ports::object_store::ObjectError;
 use bulk_export_core::ports::services::ExportServices;
 use bulk_export_core::worker::step::run_step;
 use bulk_export_core::worker::watchdog::sweep;
@@ -181,10 +181,9 @@ impl Faults {
     }
 }
 
-/// Object store wrapper that fails a seeded share of UploadPart and
-/// CompleteMultipartUpload calls with a SlowDown-like error.
+/// S3 `SlowDown`-like errors on a seeded share of UploadPart and
+/// CompleteMultipartUpload calls, also after a completion that applied.
 struct FlakyObjects {
-    inner: Arc<dyn ObjectStore>,
     faults: Faults,
     injected: AtomicU64,
 }
@@ -202,58 +201,20 @@ impl FlakyObjects {
 }
 
 #[async_trait]
-impl ObjectStore for FlakyObjects {
-    async fn create_upload(&self, key: &str) -> Result<String, ObjectError> {
-        self.inner.create_upload(key).await
+impl ObjectHooks for FlakyObjects {
+    async fn before(&self, _call: ObjectCall) -> Result<(), ObjectError> {
+        self.fault()
     }
-    async fn upload_part(
-        &self,
-        key: &str,
-        upload_id: &str,
-        n: u32,
-        body: Bytes,
-    ) -> Result<String, ObjectError> {
-        self.fault()?;
-        self.inner.upload_part(key, upload_id, n, body).await
-    }
-    async fn complete_upload(
-        &self,
-        key: &str,
-        upload_id: &str,
-        parts: &[UploadedPart],
-    ) -> Result<(), ObjectError> {
-        self.fault()?;
-        let r = self.inner.complete_upload(key, upload_id, parts).await;
+    fn after_complete(&self, result: Result<(), ObjectError>) -> Result<(), ObjectError> {
         // Also fail after a successful completion: the retry must cope.
         self.fault()?;
-        r
-    }
-    async fn abort_upload(&self, key: &str, upload_id: &str) -> Result<(), ObjectError> {
-        self.inner.abort_upload(key, upload_id).await
-    }
-    async fn put_object(&self, key: &str, body: Bytes) -> Result<(), ObjectError> {
-        self.inner.put_object(key, body).await
-    }
-    async fn object_size(&self, key: &str) -> Result<Option<u64>, ObjectError> {
-        self.inner.object_size(key).await
-    }
-    async fn presign_get(&self, key: &str, ttl: Duration) -> Result<String, ObjectError> {
-        self.inner.presign_get(key, ttl).await
-    }
-    async fn delete_prefix(&self, prefix: &str) -> Result<(), ObjectError> {
-        self.inner.delete_prefix(prefix).await
-    }
-    async fn get_object(&self, key: &str) -> Result<Option<Bytes>, ObjectError> {
-        self.inner.get_object(key).await
-    }
-    async fn list_keys(&self, prefix: &str) -> Result<Vec<String>, ObjectError> {
-        self.inner.list_keys(prefix).await
+        result
     }
 }
 
-/// Job store wrapper that throttles a seeded share of chain reads and writes.
+/// DynamoDB throttling on a seeded share of chain reads and writes, and
+/// chain commits whose answer is lost after they applied.
 struct ThrottledStore {
-    inner: Arc<dyn JobStore>,
     faults: Faults,
     injected: AtomicU64,
 }
@@ -270,121 +231,35 @@ impl ThrottledStore {
     }
 }
 
-#[async_trait]
-impl JobReads for ThrottledStore {
-    async fn get_job(&self, id: &str) -> Result<Option<Job>, StoreError> {
-        self.inner.get_job(id).await
-    }
-
-    async fn active_jobs(&self) -> Result<Vec<Job>, StoreError> {
-        self.inner.active_jobs().await
-    }
-
-    async fn get_chain(&self, j: &str, c: &str) -> Result<Option<Chain>, StoreError> {
-        self.fault()?;
-        self.inner.get_chain(j, c).await
-    }
-
-    async fn list_chains(&self, j: &str) -> Result<Vec<Chain>, StoreError> {
-        self.inner.list_chains(j).await
-    }
-}
-
-#[async_trait]
-impl JobWrites for ThrottledStore {
-    async fn create_job(&self, job: &Job, chains: &[Chain]) -> Result<(), StoreError> {
-        self.inner.create_job(job, chains).await
-    }
-
-    async fn set_job_status(
-        &self,
-        job: &Job,
-        s: JobStatus,
-        f: Option<String>,
-    ) -> Result<(), StoreError> {
-        self.inner.set_job_status(job, s, f).await
-    }
-
-    async fn cancel_job(&self, id: &str) -> Result<bool, StoreError> {
-        self.inner.cancel_job(id).await
-    }
-
-    async fn delete_job(&self, j: &str) -> Result<(), StoreError> {
-        self.inner.delete_job(j).await
-    }
-}
-
-#[async_trait]
-impl ChainWrites for ThrottledStore {
-    async fn save_chain(&self, chain: &mut Chain) -> Result<(), StoreError> {
-        self.fault()?;
-        self.inner.save_chain(chain).await?;
-        // A write that succeeded but whose answer was lost.
+impl StoreHooks for ThrottledStore {
+    fn before(&self, _call: StoreCall) -> Result<(), StoreError> {
         self.fault()
     }
-
-    async fn finish_chain(&self, chain: &mut Chain) -> Result<(), StoreError> {
-        self.fault()?;
-        self.inner.finish_chain(chain).await
-    }
-
-    async fn split_chain(
-        &self,
-        chain: &mut Chain,
-        new: &[Chain],
-        expires_at: i64,
-    ) -> Result<(), StoreError> {
-        self.fault()?;
-        self.inner.split_chain(chain, new, expires_at).await
+    fn after(&self, call: StoreCall) -> Result<(), StoreError> {
+        if call == StoreCall::SaveChain {
+            return self.fault();
+        }
+        Ok(())
     }
 }
 
-#[async_trait]
-impl FileRecords for ThrottledStore {
-    async fn put_file(&self, j: &str, f: &FileRecord) -> Result<(), StoreError> {
-        self.fault()?;
-        self.inner.put_file(j, f).await
-    }
-
-    async fn list_files(&self, j: &str) -> Result<Vec<FileRecord>, StoreError> {
-        self.inner.list_files(j).await
-    }
-
-    async fn next_file_number(&self, j: &str, t: &str, e: i64) -> Result<u32, StoreError> {
-        self.inner.next_file_number(j, t, e).await
-    }
-}
-
-#[async_trait]
-impl PollCounter for ThrottledStore {
-    async fn record_poll(&self, j: &str, now: i64, w: i64) -> Result<u64, StoreError> {
-        self.inner.record_poll(j, now, w).await
-    }
-}
-
-#[async_trait]
-impl ScheduleLog for ThrottledStore {
-    async fn record_schedule_success(&self, s: &str, t: &str) -> Result<(), StoreError> {
-        self.inner.record_schedule_success(s, t).await
-    }
-
-    async fn last_schedule_success(&self, s: &str) -> Result<Option<String>, StoreError> {
-        self.inner.last_schedule_success(s).await
-    }
-}
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn storage_faults_are_retried_without_loss() {
     let (_dir, src, stack) = ndjson_stack("faults", 500, 6, small_config(), 0).await;
     for seed in [11, 23, 37] {
-        let objects = Arc::new(FlakyObjects {
+        let objects = Arc::new(HookedObjects {
             inner: stack.services.objects.clone(),
-            faults: Faults::new(seed, 4),
-            injected: 0.into(),
+            hooks: FlakyObjects {
+                faults: Faults::new(seed, 4),
+                injected: 0.into(),
+            },
         });
-        let store = Arc::new(ThrottledStore {
+        let store = Arc::new(HookedStore {
             inner: stack.services.store.clone(),
-            faults: Faults::new(seed + 1, 6),
-            injected: 0.into(),
+            hooks: ThrottledStore {
+                faults: Faults::new(seed + 1, 6),
+                injected: 0.into(),
+            },
         });
         let svc = ExportServices {
             objects: objects.clone(),
@@ -393,8 +268,8 @@ async fn storage_faults_are_retried_without_loss() {
         };
         let status_url = kickoff(&stack.base_url, "").await;
         let (steps, retries) = drain(&stack, &svc).await;
-        let s3_faults = objects.injected.load(Ordering::SeqCst);
-        let db_faults = store.injected.load(Ordering::SeqCst);
+        let s3_faults = objects.hooks.injected.load(Ordering::SeqCst);
+        let db_faults = store.hooks.injected.load(Ordering::SeqCst);
         println!(
             "seed {seed}: injected {s3_faults} S3 faults and {db_faults} DynamoDB faults over {steps} steps ({retries} step retries)"
         );
