@@ -140,13 +140,25 @@ pub fn http() -> reqwest::Client {
         .unwrap()
 }
 
-/// Kick-off GET with the standard headers; returns the status URL.
+/// Kick-off GET of `[base]/$export` with the standard headers; returns the
+/// status URL.
 pub async fn kickoff(base: &str, query: &str) -> String {
-    let url = if query.is_empty() {
-        format!("{base}/$export")
+    if query.is_empty() {
+        kickoff_at(base, "/$export").await
     } else {
-        format!("{base}/$export?{query}")
-    };
+        kickoff_at(base, &format!("/$export?{query}")).await
+    }
+}
+
+/// The body of a GET of `url`, as text.
+pub async fn fetch_text(url: &str) -> String {
+    http().get(url).send().await.unwrap().text().await.unwrap()
+}
+
+/// Kick-off GET of `[base]<path>` (e.g. `/Patient/$export?_type=Condition`)
+/// with the standard headers; returns the status URL.
+pub async fn kickoff_at(base: &str, path: &str) -> String {
+    let url = format!("{base}{path}");
     let resp = http()
         .get(url)
         .header("Accept", "application/fhir+json")

@@ -175,14 +175,7 @@ async fn an_upstream_error_for_one_type_is_a_partial_success() {
     assert_eq!(types, vec!["Patient"]);
     let errors = manifest["error"].as_array().unwrap();
     assert_eq!(errors.len(), 1);
-    let body = http()
-        .get(errors[0]["url"].as_str().unwrap())
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let body = fetch_text(errors[0]["url"].as_str().unwrap()).await;
     let oo: Value = serde_json::from_str(body.lines().next().unwrap()).unwrap();
     assert_eq!(oo["resourceType"], "OperationOutcome");
     assert!(

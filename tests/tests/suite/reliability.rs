@@ -145,14 +145,7 @@ async fn a_chain_that_keeps_stalling_fails_into_the_error_file() {
     );
     let err = manifest["error"].as_array().unwrap();
     assert_eq!(err.len(), 1);
-    let body = http()
-        .get(err[0]["url"].as_str().unwrap())
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let body = fetch_text(err[0]["url"].as_str().unwrap()).await;
     assert!(
         body.contains("Condition") && body.contains("restarts"),
         "{body}"
@@ -466,18 +459,7 @@ async fn a_cancel_before_the_referenced_phase_still_cleans_up_everything() {
     // the start; no step of theirs will ever run to count them finished.
     let (_dir, _src, stack) = ndjson_stack("cancel-ref", 20, 2, small_config(), 0).await;
     let svc = stack.services.clone();
-    let resp = http()
-        .get(format!("{}/Patient/$export", stack.base_url))
-        .header("Accept", "application/fhir+json")
-        .header("Prefer", "respond-async")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 202);
-    let status_url = resp.headers()["content-location"]
-        .to_str()
-        .unwrap()
-        .to_string();
+    let status_url = kickoff_at(&stack.base_url, "/Patient/$export").await;
     let job_id = status_url.rsplit('/').next().unwrap().to_string();
     let chains = svc.store.list_chains(&job_id).await.unwrap();
     assert!(

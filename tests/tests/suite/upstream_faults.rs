@@ -279,21 +279,11 @@ async fn an_upstream_ignoring_a_compartment_parameter_leaks_no_other_patient() {
         token: None,
     };
     let stack = running_stack(&dir.0.join("data"), spec, small_config(), 2).await;
-    let resp = http()
-        .get(format!(
-            "{}/Group/every-third/$export?_type=Observation",
-            stack.base_url
-        ))
-        .header("Accept", "application/fhir+json")
-        .header("Prefer", "respond-async")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 202);
-    let status_url = resp.headers()["content-location"]
-        .to_str()
-        .unwrap()
-        .to_string();
+    let status_url = kickoff_at(
+        &stack.base_url,
+        "/Group/every-third/$export?_type=Observation",
+    )
+    .await;
     let manifest = wait_complete(&status_url).await;
     let files = download_outputs(&manifest).await;
     // The members as kick-off resolved them (nested Groups, exclusions).
@@ -402,14 +392,7 @@ async fn pages_over_the_body_limit_are_asked_again_smaller_and_a_giant_resource_
     assert!(!got.contains_key(&("Condition".to_string(), "giant".to_string())));
     let errors = manifest["error"].as_array().unwrap();
     assert_eq!(errors.len(), 1, "{manifest}");
-    let body = http()
-        .get(errors[0]["url"].as_str().unwrap())
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let body = fetch_text(errors[0]["url"].as_str().unwrap()).await;
     assert!(
         body.contains("Condition") && body.contains("_count=1"),
         "the type's error says why: {body}"
