@@ -169,11 +169,34 @@ pub async fn maybe_complete_job(
      ),
     job_id: &str,
 ) -> Result<(), StepError> {
+    settle_job(svc, job_id, false).await
+}
+
+/// Like [`maybe_complete_job`], for a job whose chains the caller listed as
+/// all finished: the listing decides even if the job's counter says
+/// otherwise (a lost counter update must not leave a job running forever;
+/// moto, the second test lane, loses concurrent ADDs).
+pub async fn complete_listed_job(
+    svc: &(
+         impl LogSchedules + ReadJobs + ScheduleSteps + Settings + StoreObjects + WriteChains + WriteJobs
+     ),
+    job_id: &str,
+) -> Result<(), StepError> {
+    settle_job(svc, job_id, true).await
+}
+
+async fn settle_job(
+    svc: &(
+         impl LogSchedules + ReadJobs + ScheduleSteps + Settings + StoreObjects + WriteChains + WriteJobs
+     ),
+    job_id: &str,
+    all_listed_finished: bool,
+) -> Result<(), StepError> {
     for _ in 0..5 {
         let Some(job) = svc.jobs().get_job(job_id).await? else {
             return Ok(());
         };
-        if !job.all_chains_finished() {
+        if !job.all_chains_finished() && !all_listed_finished {
             if job.status == JobStatus::Running
                 && job.chains_remaining as usize <= job.referenced_types.len()
             {

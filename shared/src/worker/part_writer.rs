@@ -5,7 +5,7 @@
 //! is not stored, and never a cursor past bytes that are not.
 
 use crate::fhir::instant::unix_now;
-use crate::model::config::MIN_PART_SIZE;
+use crate::model::config::ExportConfig;
 use crate::model::{Chain, ChainState, Job, OpenFile, UploadedPart, file_name};
 use crate::ports::job_store::won;
 use crate::ports::object_store::ObjectError;
@@ -26,9 +26,9 @@ const MAX_PART_NUMBER: u32 = 10_000;
 /// index, and each attempt a slot in it: a delivery that lost the chain to a
 /// later one may still finish an upload, but never under a number the
 /// winner commits, so a committed part's bytes are never replaced.
-pub(crate) fn part_number(index: usize, attempt: u64, max_file_size: usize) -> u32 {
-    // Every part but a file's last has at least MIN_PART_SIZE bytes.
-    let parts_per_file = (max_file_size / MIN_PART_SIZE) as u32 + 1;
+pub(crate) fn part_number(index: usize, attempt: u64, cfg: &ExportConfig) -> u32 {
+    // Every part but a file's last has at least the minimum part size.
+    let parts_per_file = (cfg.max_file_size / cfg.min_part_size.max(1)) as u32 + 1;
     let slots = (MAX_PART_NUMBER / parts_per_file).max(1);
     index as u32 * slots + (attempt % u64::from(slots)) as u32 + 1
 }
@@ -79,7 +79,7 @@ impl PendingPart {
             })?;
             let objects = svc.objects().clone();
             let (key, upload_id) = (open.key.clone(), open.upload_id.clone());
-            number = part_number(open.parts.len(), chain.attempt, svc.config().max_file_size);
+            number = part_number(open.parts.len(), chain.attempt, svc.config());
             let body = Bytes::from(data.buf);
             Some(tokio::spawn(async move {
                 objects.upload_part(&key, &upload_id, number, body).await
@@ -196,7 +196,7 @@ pub(crate) async fn commit(
     );
 
     // A part under 5 MiB may only be the last of its file.
-    let small_tail = part.bytes > 0 && part.bytes < MIN_PART_SIZE as u64;
+    let small_tail = part.bytes > 0 && part.bytes < svc.config().min_part_size as u64;
     if (part.exhausted || small_tail || already_completed)
         && let Some(open) = chain.open_file.take()
     {

@@ -5,7 +5,6 @@
 
 use crate::fhir::instant::parse_instant;
 use crate::model::TypeFilter;
-use crate::model::config::MIN_PART_SIZE;
 use crate::model::effective_until;
 use crate::model::{Chain, ChainState, Job, JobStatus, StepEvent};
 use crate::ports::job_store::won;
@@ -429,7 +428,7 @@ impl<'a, S: StepServices> PartsRun<'a, S> {
             }
             let exhausted = part.exhausted;
             // A part under 5 MiB ends its file, so it is committed right away.
-            let short = !part.buf.is_empty() && part.buf.len() < MIN_PART_SIZE;
+            let short = !part.buf.is_empty() && part.buf.len() < self.svc.config().min_part_size;
             if !self.start_part(part).await? {
                 return Ok(StepOutcome::Stale);
             }

@@ -65,7 +65,12 @@ async fn sweep_job(
     if job.chains_remaining as usize <= job.referenced_types.len() {
         crate::worker::lifecycle::maybe_complete_job(svc, &job.id).await?;
     }
-    for chain in svc.jobs().list_chains(&job.id).await? {
+    let chains = svc.jobs().list_chains(&job.id).await?;
+    if !chains.is_empty() && chains.iter().all(|c| c.state.is_finished()) {
+        tracing::warn!(job_id = %job.id, remaining = job.chains_remaining, "every chain ended but the job is still running; completing it");
+        return crate::worker::lifecycle::complete_listed_job(svc, &job.id).await;
+    }
+    for chain in chains {
         if chain.state != ChainState::Running || now - chain.heartbeat < stall.as_secs() as i64 {
             continue;
         }

@@ -13,13 +13,16 @@
 //! `MODEL_CHECK_SEEDS` sets the number of seeds (default 200), and
 //! `MODEL_CHECK_SEED` runs a single one (to replay a failure).
 
-use crate::common::wrappers::{HookedStore, StoreCall, StoreHooks};
+use crate::common::wrappers::{
+    HookedObjects, HookedStore, ObjectCall, ObjectHooks, StoreCall, StoreHooks,
+};
 use crate::common::{TempDir, multiset, source_multiset};
 use bulk_export_core::adapters::memory::{MemoryJobStore, MemoryObjectStore};
 use bulk_export_core::adapters::ndjson::NdjsonSource;
 use bulk_export_core::model::config::ExportConfig;
 use bulk_export_core::model::{Caller, StepEvent};
 use bulk_export_core::ports::job_store::StoreError;
+use bulk_export_core::ports::object_store::ObjectError;
 use bulk_export_core::ports::services::ExportServices;
 use bulk_export_core::worker::in_process::{StepQueue, step_queue};
 use bulk_export_core::worker::step::run_step;
@@ -62,6 +65,35 @@ impl StoreHooks for LostReplies {
             ));
         }
         Ok(())
+    }
+}
+
+/// Part uploads that take a random while (so a duplicate's upload may land
+/// after the other delivery committed), and a count of completions refused
+/// with InvalidPart: with a claim per delivery and part numbers per
+/// attempt, no delivery ever replaces a committed part, so there are none
+/// (a rewind would hide a replaced part).
+#[derive(Clone)]
+struct SlowUploads {
+    dice: Dice,
+    refused: Arc<std::sync::atomic::AtomicU64>,
+}
+
+#[async_trait::async_trait]
+impl ObjectHooks for SlowUploads {
+    async fn before(&self, call: ObjectCall) -> Result<(), ObjectError> {
+        if call == ObjectCall::UploadPart {
+            let wait = Duration::from_micros(self.dice.below(3000));
+            tokio::time::sleep(wait).await;
+        }
+        Ok(())
+    }
+    fn after_complete(&self, result: Result<(), ObjectError>) -> Result<(), ObjectError> {
+        if matches!(result, Err(ObjectError::InvalidPart(_))) {
+            self.refused
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+        result
     }
 }
 
@@ -168,11 +200,17 @@ async fn run_until_complete(
 
 async fn check_seed(seed: u64, src: &std::path::Path) {
     let dice = Dice::new(seed);
-    let objects = MemoryObjectStore::with_min_part_size(1);
+    // Parts from 1 KiB, files to 16 KiB: files of many parts, as on S3.
+    let objects = MemoryObjectStore::with_min_part_size(1024);
+    let refusals = SlowUploads {
+        dice: dice.clone(),
+        refused: Arc::default(),
+    };
     let (continuation, queue) = step_queue();
     let config = ExportConfig {
         base_url: "http://model.test/fhir".into(),
-        part_size: 2048 + dice.below(4096) as usize,
+        part_size: 1024 + dice.below(3072) as usize,
+        min_part_size: 1024,
         max_file_size: 16 * 1024,
         page_size: 3 + dice.below(20) as usize,
         parts_per_invocation: 1 + dice.below(4) as usize,
@@ -184,7 +222,10 @@ async fn check_seed(seed: u64, src: &std::path::Path) {
             inner: Arc::new(MemoryJobStore::new()),
             hooks: LostReplies { dice: dice.clone() },
         }),
-        objects: Arc::new(objects.clone()),
+        objects: Arc::new(HookedObjects {
+            inner: Arc::new(objects.clone()),
+            hooks: refusals.clone(),
+        }),
         source: Arc::new(NdjsonSource::new(src)),
         continuation: Arc::new(continuation),
     };
@@ -227,6 +268,11 @@ async fn check_seed(seed: u64, src: &std::path::Path) {
         "seed {seed}: exactly the source"
     );
     assert!(deliveries > 0);
+    assert_eq!(
+        refusals.refused.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "seed {seed}: a completion found a committed part replaced"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
