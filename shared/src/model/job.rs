@@ -200,6 +200,9 @@ pub struct OpenFile {
     /// Chain skip when the file was opened.
     #[serde(default)]
     pub start_skip: u64,
+    /// Chain skip-through id when the file was opened.
+    #[serde(default)]
+    pub start_skip_through: Option<String>,
 }
 
 /// One chain of steps exporting one resource type (or one partition of it).
@@ -221,6 +224,10 @@ pub struct Chain {
     /// file mid-page resumes there).
     #[serde(default)]
     pub skip: u64,
+    /// Id of the last line of the page at `cursor` already exported: where
+    /// a re-read of that page resumes (see `worker::page_skip`).
+    #[serde(default)]
+    pub skip_through: Option<String>,
     /// Number of committed steps.
     pub step: u64,
     /// Current state.
@@ -352,6 +359,7 @@ pub fn new_chain(job_id: &str, chain_id: &str, resource_type: &str) -> Chain {
         batch: None,
         cursor: None,
         skip: 0,
+        skip_through: None,
         step: 0,
         state: ChainState::Running,
         open_file: None,

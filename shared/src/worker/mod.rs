@@ -9,6 +9,7 @@ pub mod in_process;
 pub mod lifecycle;
 pub mod outcome;
 pub mod page_pipeline;
+pub(crate) mod page_skip;
 pub mod part_writer;
 pub mod partition;
 pub mod redelivery;

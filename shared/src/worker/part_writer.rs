@@ -43,6 +43,8 @@ pub(crate) struct PartData {
     pub cursor: Option<String>,
     /// Lines of that page already exported.
     pub skip: u64,
+    /// Id of the last of them.
+    pub skip_through: Option<String>,
     /// Hashes of the page cursors followed.
     pub visited: Vec<u64>,
     /// The source has no more pages.
@@ -57,6 +59,7 @@ pub(crate) struct PendingPart {
     count: u64,
     cursor: Option<String>,
     skip: u64,
+    skip_through: Option<String>,
     visited: Vec<u64>,
     exhausted: bool,
 }
@@ -92,6 +95,7 @@ impl PendingPart {
             count: data.count,
             cursor: data.cursor,
             skip: data.skip,
+            skip_through: data.skip_through,
             visited: data.visited,
             exhausted: data.exhausted,
         })
@@ -107,9 +111,10 @@ impl PendingPart {
         self.upload.as_ref().is_none_or(JoinHandle::is_finished)
     }
 
-    /// Where the chain stands after this part: cursor and lines to skip.
-    pub(crate) fn position(&self) -> (Option<String>, u64) {
-        (self.cursor.clone(), self.skip)
+    /// Where the chain stands after this part: cursor, lines to skip and
+    /// the id of the last of them.
+    pub(crate) fn position(&self) -> (Option<String>, u64, Option<String>) {
+        (self.cursor.clone(), self.skip, self.skip_through.clone())
     }
 
     /// Whether the part followed the page cursor hashed to `h`.
@@ -179,6 +184,7 @@ pub(crate) async fn commit(
     }
     chain.cursor = part.cursor.take();
     chain.skip = part.skip;
+    chain.skip_through = part.skip_through.take();
     chain.visited.append(&mut part.visited);
     let excess = chain.visited.len().saturating_sub(MAX_VISITED);
     chain.visited.drain(..excess);
@@ -238,6 +244,7 @@ pub(crate) async fn open_new_file(
     chain.open_file = Some(OpenFile {
         start_cursor: chain.cursor.clone(),
         start_skip: chain.skip,
+        start_skip_through: chain.skip_through.clone(),
         number,
         key: key.clone(),
         upload_id: upload_id.clone(),

@@ -18,6 +18,7 @@ use crate::worker::file_closing::Closing;
 use crate::worker::lifecycle::{cancel_chain, fail_chain, finish_failure};
 use crate::worker::outcome::{StepError, StepOutcome};
 use crate::worker::page_pipeline::{PageQuery, Prefetch};
+use crate::worker::page_skip::{exported_prefix, last_id};
 use crate::worker::part_writer::{self, PartData, PendingPart};
 use std::sync::Arc;
 use time::OffsetDateTime;
@@ -32,23 +33,6 @@ fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
         (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
     })
-}
-
-/// Byte offset just past the first `n` lines of `data`.
-fn offset_after_lines(data: &[u8], n: u64) -> usize {
-    if n == 0 {
-        return 0;
-    }
-    let mut seen = 0;
-    for (i, b) in data.iter().enumerate() {
-        if *b == b'\n' {
-            seen += 1;
-            if seen == n {
-                return i + 1;
-            }
-        }
-    }
-    data.len()
 }
 
 /// Runs one step of one chain.
@@ -134,6 +118,7 @@ async fn recover_lost_upload(
     tracing::warn!(job_id = %ev.job_id, chain = %ev.chain_id, file = lost.number, "upload lost; exporting the file again from its start");
     chain.cursor = lost.start_cursor;
     chain.skip = lost.start_skip;
+    chain.skip_through = lost.start_skip_through;
     // The file's pages are followed again: that is a rewind, not a loop.
     chain.visited.clear();
     let mut rewound = lost.count;
@@ -468,15 +453,20 @@ impl<'a, S: StepServices> PartsRun<'a, S> {
     /// fit the room, the source is exhausted or the deadline nears.
     async fn read_part(&mut self, room: usize) -> Result<PartRead, StepError> {
         let cfg = self.svc.config();
-        let (cursor, skip) = match &self.pending {
+        let (cursor, skip, skip_through) = match &self.pending {
             Some(p) => p.position(),
-            None => (self.chain.cursor.clone(), self.chain.skip),
+            None => (
+                self.chain.cursor.clone(),
+                self.chain.skip,
+                self.chain.skip_through.clone(),
+            ),
         };
         let mut part = PartData {
             buf: Vec::with_capacity(cfg.part_size + cfg.part_size / 4),
             count: 0,
             cursor,
             skip,
+            skip_through,
             visited: Vec::new(),
             exhausted: false,
         };
@@ -492,19 +482,31 @@ impl<'a, S: StepServices> PartsRun<'a, S> {
                     break;
                 }
             };
-            let start = offset_after_lines(&page.ndjson, part.skip);
-            let data = &page.ndjson[start..];
-            let lines = page.count.saturating_sub(part.skip);
+            let done = exported_prefix(
+                &page.ndjson,
+                page.count,
+                part.skip,
+                part.skip_through.as_deref(),
+            );
+            let data = &page.ndjson[done.offset..];
+            let lines = page.count.saturating_sub(done.lines);
             self.prefetch_following(&page, part.buf.len() + data.len(), room);
             if let Some(out) = self.catch_up().await? {
                 return Ok(PartRead::Ended(out));
             }
             if part.buf.len() + data.len() > room {
-                return Ok(self.take_fitting(part, data, room));
+                return Ok(self.take_fitting(part, data, done.lines, room));
             }
             part.buf.extend_from_slice(data);
             part.count += lines;
-            part.skip = 0;
+            if done.carry {
+                // This shorter page was all exported; the rest of the skip
+                // is on the pages after it.
+                part.skip -= done.lines;
+            } else {
+                part.skip = 0;
+                part.skip_through = None;
+            }
             let Some(next) = page.next else {
                 part.exhausted = true;
                 break;
@@ -598,7 +600,7 @@ impl<'a, S: StepServices> PartsRun<'a, S> {
 
     /// Takes the lines of a page that fit the room; the rest of the page
     /// starts the next part. A resource that fits no file fails the chain.
-    fn take_fitting(&self, mut part: PartData, data: &[u8], room: usize) -> PartRead {
+    fn take_fitting(&self, mut part: PartData, data: &[u8], skipped: u64, room: usize) -> PartRead {
         let (take, end) = lines_that_fit(data, part.buf.len(), room);
         if take == 0 && part.buf.is_empty() {
             if room < self.svc.config().max_file_size {
@@ -614,7 +616,10 @@ impl<'a, S: StepServices> PartsRun<'a, S> {
         }
         part.buf.extend_from_slice(&data[..end]);
         part.count += take;
-        part.skip += take;
+        part.skip = skipped + take;
+        if take > 0 {
+            part.skip_through = last_id(&data[..end]);
+        }
         PartRead::Read {
             data: part,
             oversized: false,
@@ -771,18 +776,4 @@ fn chain_window(job: &Job, chain: &Chain) -> (Option<OffsetDateTime>, OffsetDate
         }
     }
     (since, until)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::offset_after_lines;
-
-    #[test]
-    fn skips_whole_lines() {
-        let d = b"a\nbb\nccc\n";
-        assert_eq!(offset_after_lines(d, 0), 0);
-        assert_eq!(offset_after_lines(d, 1), 2);
-        assert_eq!(offset_after_lines(d, 3), 9);
-        assert_eq!(offset_after_lines(d, 5), 9);
-    }
 }

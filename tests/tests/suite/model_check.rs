@@ -6,7 +6,8 @@
 //! stops), and loses the replies of chain and file writes that applied
 //! (the caller sees an error after the write landed), each delivery with a
 //! deadline of its own (so two deliveries of one step end their parts at
-//! different pages, and a duplicate's bytes differ). When nothing is queued
+//! different pages, and a duplicate's bytes differ), over a source whose
+//! pages end at random points. When nothing is queued
 //! the watchdog resumes the chains. Every seed must end with exactly the
 //! source: each resource once, every count exact.
 //!
@@ -24,6 +25,7 @@ use bulk_export_core::model::{Caller, StepEvent};
 use bulk_export_core::ports::job_store::StoreError;
 use bulk_export_core::ports::object_store::ObjectError;
 use bulk_export_core::ports::services::ExportServices;
+use bulk_export_core::ports::source::{Page, PageRequest, Source, SourceError};
 use bulk_export_core::worker::in_process::{StepQueue, step_queue};
 use bulk_export_core::worker::step::run_step;
 use bulk_export_testkit::generate::Rng;
@@ -65,6 +67,48 @@ impl StoreHooks for LostReplies {
             ));
         }
         Ok(())
+    }
+}
+
+/// A source whose pages end at random points (a server may answer with
+/// fewer entries than `_count`, and differently each time): two deliveries
+/// of one step then read different pages from the same cursor, and a page
+/// re-read at a committed cursor may be shorter than it was.
+struct RaggedPages {
+    inner: NdjsonSource,
+    dice: Dice,
+}
+
+#[async_trait::async_trait]
+impl Source for RaggedPages {
+    async fn resource_types(&self) -> Result<Vec<String>, SourceError> {
+        self.inner.resource_types().await
+    }
+    async fn fetch_page(&self, req: &PageRequest<'_>) -> Result<Page, SourceError> {
+        let page_size = req.page_size - self.dice.below(req.page_size as u64 / 2 + 1) as usize;
+        let req = PageRequest {
+            page_size: page_size.max(1),
+            ..*req
+        };
+        self.inner.fetch_page(&req).await
+    }
+    async fn estimate(&self, req: &PageRequest<'_>) -> Result<Option<u64>, SourceError> {
+        self.inner.estimate(req).await
+    }
+    async fn read_resource(&self, ty: &str, id: &str) -> Result<Option<Vec<u8>>, SourceError> {
+        self.inner.read_resource(ty, id).await
+    }
+    async fn fetch_by_ids(&self, ty: &str, ids: &[String]) -> Result<Page, SourceError> {
+        self.inner.fetch_by_ids(ty, ids).await
+    }
+    async fn patient_ids(&self) -> Result<Vec<String>, SourceError> {
+        self.inner.patient_ids().await
+    }
+    fn supports_type_filter(&self) -> bool {
+        self.inner.supports_type_filter()
+    }
+    fn queries_by_patient_batch(&self) -> bool {
+        self.inner.queries_by_patient_batch()
     }
 }
 
@@ -226,7 +270,10 @@ async fn check_seed(seed: u64, src: &std::path::Path) {
             inner: Arc::new(objects.clone()),
             hooks: refusals.clone(),
         }),
-        source: Arc::new(NdjsonSource::new(src)),
+        source: Arc::new(RaggedPages {
+            inner: NdjsonSource::new(src),
+            dice: dice.clone(),
+        }),
         continuation: Arc::new(continuation),
     };
     let caller = Caller::anonymous();
