@@ -43,7 +43,9 @@ pub fn won(write: Result<(), StoreError>) -> Result<bool, StoreError> {
 pub trait JobReads: Send + Sync {
     /// Reads a job.
     async fn get_job(&self, job_id: &str) -> Result<Option<Job>, StoreError>;
-    /// Jobs that are queued or running (for restart recovery and the watchdog).
+    /// Jobs that are queued or running, and cancelled jobs some of whose
+    /// chains have not ended (admission, restart recovery, and the watchdog,
+    /// which ends those chains so the cancel's final clean-up runs).
     async fn active_jobs(&self) -> Result<Vec<Job>, StoreError>;
     /// Reads a chain.
     async fn get_chain(&self, job_id: &str, chain_id: &str) -> Result<Option<Chain>, StoreError>;

@@ -67,22 +67,26 @@ async fn hand_over_after_error(
     claimed: Option<u64>,
     e: StepError,
 ) -> Result<StepOutcome, StepError> {
-    let stored = match claimed {
-        Some(attempt) => match svc.jobs().get_chain(&ev.job_id, &ev.chain_id).await {
-            Ok(Some(chain)) if chain.attempt == attempt => Some(chain),
-            Ok(Some(_)) => return Ok(StepOutcome::Stale),
-            _ => None,
-        },
-        None => None,
-    };
-    let next = match &stored {
-        Some(chain) if chain.state.is_finished() => {
+    let stored = svc
+        .jobs()
+        .get_chain(&ev.job_id, &ev.chain_id)
+        .await
+        .ok()
+        .flatten();
+    let next = match (&stored, claimed) {
+        // Whoever finished the chain (a cancel's end included, which runs
+        // before any claim), the job's end may be due now.
+        (Some(chain), _) if chain.state.is_finished() => {
             crate::worker::lifecycle::maybe_complete_job(svc, &ev.job_id).await?;
             return Ok(StepOutcome::Finished);
         }
-        Some(chain) => chain.event(),
-        // The chain could not be read: what this invocation knows it committed.
-        None => StepEvent {
+        (Some(chain), Some(attempt)) if chain.attempt != attempt => {
+            return Ok(StepOutcome::Stale);
+        }
+        (Some(chain), Some(_)) => chain.event(),
+        // The chain could not be read, or this delivery never claimed it:
+        // what this invocation knows it committed.
+        _ => StepEvent {
             step: committed,
             ..ev.clone()
         },

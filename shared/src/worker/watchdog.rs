@@ -40,6 +40,13 @@ pub async fn sweep(
         report.errors += 1;
     }
     for job in svc.jobs().active_jobs().await? {
+        if job.status == crate::model::JobStatus::Cancelled {
+            if let Err(e) = end_cancelled_chains(svc, &job, stall, now).await {
+                tracing::error!(job_id = %job.id, error = %e, "watchdog could not end a cancelled export's chains");
+                report.errors += 1;
+            }
+            continue;
+        }
         if job.status != crate::model::JobStatus::Running {
             continue;
         }
@@ -50,6 +57,27 @@ pub async fn sweep(
         }
     }
     Ok(report)
+}
+
+/// Ends the chains of a cancelled job that no step will end (their step
+/// was lost, or they were waiting), so the last one runs the cancel's final
+/// clean-up: uploads aborted, files written after the cancel deleted.
+async fn end_cancelled_chains(
+    svc: &impl LifecycleServices,
+    job: &Job,
+    stall: Duration,
+    now: i64,
+) -> Result<(), StepError> {
+    for chain in svc.jobs().list_chains(&job.id).await? {
+        if chain.state.is_finished()
+            || now - chain.heartbeat < stall.as_secs() as i64
+            || svc.continuation().is_pending(&chain.event()).await
+        {
+            continue;
+        }
+        crate::worker::lifecycle::cancel_chain(svc, job, chain).await?;
+    }
+    Ok(())
 }
 
 /// Checks one running job's chains.

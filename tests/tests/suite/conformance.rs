@@ -136,7 +136,7 @@ on_every_backend!(
     create_job_over_an_existing_job_conflicts_and_keeps_it,
     set_job_status_with_a_stale_version_conflicts_and_changes_nothing,
     cancel_job_wins_once_and_fences_stale_writers,
-    active_jobs_are_the_queued_and_running_ones,
+    active_jobs_are_the_queued_running_and_unfinished_cancelled_ones,
     delete_job_removes_every_item_of_that_job_only,
     save_chain_commits_only_on_the_stored_version,
     finish_chain_counts_the_job_once_per_version,
@@ -440,7 +440,7 @@ async fn cancel_job_wins_once_and_fences_stale_writers(b: &Backend) {
     assert!(b.store.get_job("ghost").await.unwrap().is_none());
 }
 
-async fn active_jobs_are_the_queued_and_running_ones(b: &Backend) {
+async fn active_jobs_are_the_queued_running_and_unfinished_cancelled_ones(b: &Backend) {
     for (id, status) in [
         ("q", JobStatus::Queued),
         ("r", JobStatus::Running),
@@ -455,6 +455,11 @@ async fn active_jobs_are_the_queued_and_running_ones(b: &Backend) {
             .unwrap();
     }
     assert!(b.store.cancel_job("r2").await.unwrap());
+    // A cancelled job whose chains have all ended.
+    b.store
+        .create_job(&job("x0", JobStatus::Cancelled), &[])
+        .await
+        .unwrap();
     let q = stored_job(b, "q").await;
     b.store
         .set_job_status(&q, JobStatus::Running, None)
@@ -475,6 +480,9 @@ async fn active_jobs_are_the_queued_and_running_ones(b: &Backend) {
         [
             ("q".to_string(), JobStatus::Running, 1),
             ("r".to_string(), JobStatus::Running, 0),
+            // Cancelled with a chain that has not ended: the watchdog ends it.
+            ("r2".to_string(), JobStatus::Cancelled, 1),
+            ("x".to_string(), JobStatus::Cancelled, 0),
         ]
     );
 }

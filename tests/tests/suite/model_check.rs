@@ -8,8 +8,10 @@
 //! deadline of its own (so two deliveries of one step end their parts at
 //! different pages, and a duplicate's bytes differ), over a source whose
 //! pages end at random points. When nothing is queued
-//! the watchdog resumes the chains. Every seed must end with exactly the
-//! source: each resource once, every count exact.
+//! the watchdog resumes the chains. One seed in four cancels the export at
+//! a random moment. Every seed must end with exactly the source (each
+//! resource once, every count exact), or, cancelled, with every chain ended
+//! and nothing of the export left in the store.
 //!
 //! `MODEL_CHECK_SEEDS` sets the number of seeds (default 200), and
 //! `MODEL_CHECK_SEED` runs a single one (to replay a failure).
@@ -23,7 +25,7 @@ use bulk_export_core::adapters::ndjson::NdjsonSource;
 use bulk_export_core::model::config::ExportConfig;
 use bulk_export_core::model::{Caller, StepEvent};
 use bulk_export_core::ports::job_store::StoreError;
-use bulk_export_core::ports::object_store::ObjectError;
+use bulk_export_core::ports::object_store::{ObjectError, ObjectStore};
 use bulk_export_core::ports::services::ExportServices;
 use bulk_export_core::ports::source::{Page, PageRequest, Source, SourceError};
 use bulk_export_core::worker::in_process::{StepQueue, step_queue};
@@ -213,10 +215,23 @@ async fn run_until_complete(
     svc: &ExportServices,
     queue: &StepQueue,
     dice: &Dice,
+    status_url: &str,
     job_id: &str,
 ) -> usize {
     let mut later: Vec<StepEvent> = Vec::new();
+    // One seed in four cancels the export at a random delivery.
+    let cancel_at = dice.one_in(4).then(|| dice.below(60));
     for deliveries in 0..5000 {
+        if cancel_at == Some(deliveries as u64) {
+            let caller = Caller::anonymous();
+            let resp =
+                bulk_export_core::api::handle(svc, &caller, request("DELETE", status_url)).await;
+            assert!(
+                [202, 404].contains(&resp.status().as_u16()),
+                "a cancel answers 202, or 404 once the export ended: {:?}",
+                resp.body()
+            );
+        }
         let ev = match queue.try_next().await {
             Some(ev) if later.is_empty() || !dice.one_in(3) => Some(ev),
             other => {
@@ -230,10 +245,12 @@ async fn run_until_complete(
             Some(ev) => deliver(svc, ev, dice, &mut later).await,
             None => {
                 let job = svc.store.get_job(job_id).await.unwrap().unwrap();
-                if job.status.is_terminal() {
+                let chains = svc.store.list_chains(job_id).await.unwrap();
+                if job.status.is_terminal() && chains.iter().all(|c| c.state.is_finished()) {
                     return deliveries;
                 }
-                // Nothing left to deliver: the watchdog resumes the chains.
+                // Nothing left to deliver: the watchdog resumes the chains
+                // (or, cancelled, ends them).
                 let _ =
                     bulk_export_core::worker::watchdog::sweep(svc, std::time::Duration::ZERO).await;
             }
@@ -289,7 +306,24 @@ async fn check_seed(seed: u64, src: &std::path::Path) {
         .unwrap()
         .to_string();
     let job_id = status_url.rsplit('/').next().unwrap().to_string();
-    let deliveries = run_until_complete(&svc, &queue, &dice, &job_id).await;
+    let deliveries = run_until_complete(&svc, &queue, &dice, &status_url, &job_id).await;
+    let job = svc.store.get_job(&job_id).await.unwrap().unwrap();
+    if job.status.as_str() == "cancelled" {
+        let chains = svc.store.list_chains(&job_id).await.unwrap();
+        assert!(
+            chains.iter().all(|c| c.state.is_finished()),
+            "seed {seed}: every chain of the cancelled export ended"
+        );
+        assert_eq!(
+            objects
+                .list_keys(&format!("{}/", job.folder))
+                .await
+                .unwrap(),
+            Vec::<String>::new(),
+            "seed {seed}: nothing of the cancelled export remains"
+        );
+        return;
+    }
 
     let resp = bulk_export_core::api::handle(&svc, &caller, request("GET", &status_url)).await;
     assert_eq!(resp.status(), 200, "seed {seed}: {:?}", resp.body());

@@ -330,11 +330,15 @@ impl JobReads for DynamoJobStore {
                 .client
                 .scan()
                 .table_name(&self.table)
-                .filter_expression("sk = :job AND (#st = :q OR #st = :r)")
+                .filter_expression(
+                    "sk = :job AND (#st = :q OR #st = :r OR (#st = :c AND remaining > :zero))",
+                )
                 .expression_attribute_names("#st", "status")
                 .expression_attribute_values(":job", s(JOB_SK))
                 .expression_attribute_values(":q", s(JobStatus::Queued.as_str()))
                 .expression_attribute_values(":r", s(JobStatus::Running.as_str()))
+                .expression_attribute_values(":c", s(JobStatus::Cancelled.as_str()))
+                .expression_attribute_values(":zero", n(0))
                 .consistent_read(true)
                 .set_exclusive_start_key(start)
                 .send()

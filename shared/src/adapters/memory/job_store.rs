@@ -129,7 +129,11 @@ impl JobReads for MemoryJobStore {
             .jobs
             .values()
             .filter_map(|p| p.job.as_ref())
-            .filter(|item| matches!(item.status, JobStatus::Queued | JobStatus::Running))
+            .filter(|item| match item.status {
+                JobStatus::Queued | JobStatus::Running => true,
+                JobStatus::Cancelled => item.remaining > 0,
+                _ => false,
+            })
             .map(JobItem::decode)
             .collect())
     }
