@@ -67,12 +67,7 @@ async fn hand_over_after_error(
     claimed: Option<u64>,
     e: StepError,
 ) -> Result<StepOutcome, StepError> {
-    let stored = svc
-        .jobs()
-        .get_chain(&ev.job_id, &ev.chain_id)
-        .await
-        .ok()
-        .flatten();
+    let stored = read_chain_back(svc, ev).await;
     let next = match (&stored, claimed) {
         // Whoever finished the chain (a cancel's end included, which runs
         // before any claim), the job's end may be due now.
@@ -99,6 +94,18 @@ async fn hand_over_after_error(
         Ok(()) => Ok(StepOutcome::Continued),
         Err(_) => Err(e),
     }
+}
+
+/// The stored chain, read a few times over before giving up: guessing its
+/// step from this invocation's view hands over a stale step when a write
+/// whose reply was lost had applied.
+async fn read_chain_back(svc: &impl ReadJobs, ev: &StepEvent) -> Option<Chain> {
+    for _ in 0..4 {
+        if let Ok(chain) = svc.jobs().get_chain(&ev.job_id, &ev.chain_id).await {
+            return chain;
+        }
+    }
+    None
 }
 
 /// Rewinds a chain whose open file's upload was lost to the cursor at which

@@ -63,6 +63,7 @@ struct State {
 pub struct MemoryObjectStore {
     state: Arc<Mutex<State>>,
     min_part_size: usize,
+    random_etags: bool,
 }
 
 impl Default for MemoryObjectStore {
@@ -95,7 +96,16 @@ impl MemoryObjectStore {
         Self {
             state: Arc::default(),
             min_part_size,
+            random_etags: false,
         }
+    }
+
+    /// The same store answering every part upload with a fresh random
+    /// ETag, as S3 does under SSE-KMS (an ETag is then no content hash: the
+    /// same bytes uploaded twice have two ETags).
+    pub fn with_random_etags(mut self) -> Self {
+        self.random_etags = true;
+        self
     }
 
     /// Multipart uploads in progress, as (key, upload id), in key order.
@@ -167,7 +177,11 @@ impl ObjectStore for MemoryObjectStore {
         }
         let mut state = lock(&self.state);
         let upload = upload_of(&mut state, key, upload_id)?;
-        let etag = etag_of(&body);
+        let etag = if self.random_etags {
+            format!("\"{:032x}\"", rand::random::<u128>())
+        } else {
+            etag_of(&body)
+        };
         upload.parts.insert(part_number, (etag.clone(), body));
         Ok(etag)
     }
