@@ -148,17 +148,27 @@ async fn exports_from_a_real_fhir_server_exactly() {
     assert_eq!(got, expected, "one _typeFilter");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_upstream_error_for_one_type_is_a_partial_success() {
-    let dir = TempDir::new("fhir-err");
+/// A stack over the FHIR test upstream loaded with `patients` (kept alive by
+/// the returned directory and fixture).
+async fn erring_upstream(
+    prefix: &str,
+    patients: u64,
+) -> (TempDir, FhirFixture, bulk_export::stack::Stack) {
+    let dir = TempDir::new(prefix);
     let src = dir.0.join("src");
-    generate(&src, 5, 5).unwrap();
+    generate(&src, patients, 5).unwrap();
     let fixture = FhirFixture::start(&src).await;
     let source = SourceSpec::Fhir {
         base: fixture.base.clone(),
         token: None,
     };
     let stack = running_stack(&dir.0.join("data"), source, small_config(), 2).await;
+    (dir, fixture, stack)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_error_for_one_type_is_a_partial_success() {
+    let (_dir, _fixture, stack) = erring_upstream("fhir-err", 5).await;
     // The fixture refuses an unknown search parameter with 400.
     let status_url = kickoff(
         &stack.base_url,
@@ -189,15 +199,7 @@ async fn an_upstream_error_for_one_type_is_a_partial_success() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_export_whose_every_type_failed_is_a_failed_export() {
-    let dir = TempDir::new("fhir-all-err");
-    let src = dir.0.join("src");
-    generate(&src, 3, 5).unwrap();
-    let fixture = FhirFixture::start(&src).await;
-    let source = SourceSpec::Fhir {
-        base: fixture.base.clone(),
-        token: None,
-    };
-    let stack = running_stack(&dir.0.join("data"), source, small_config(), 2).await;
+    let (_dir, _fixture, stack) = erring_upstream("fhir-all-err", 3).await;
     let status_url = kickoff(
         &stack.base_url,
         "_type=Observation&_typeFilter=Observation%3Fnot-a-param%3D1",
