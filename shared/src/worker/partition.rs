@@ -12,8 +12,8 @@ use crate::fhir::instant::format_instant;
 use crate::fhir::instant::unix_now;
 use crate::model::new_chain;
 use crate::model::{Chain, Job, Partition};
-use crate::ports::job_store::won;
-use crate::ports::services::{ReadSource, ScheduleSteps, Settings, WriteChains};
+use crate::ports::job_store::StoreError;
+use crate::ports::services::{ReadJobs, ReadSource, ScheduleSteps, Settings, WriteChains};
 use crate::ports::source::{PageRequest, SourceError};
 use crate::worker::deadline::before_deadline;
 use crate::worker::outcome::{StepError, StepOutcome};
@@ -132,7 +132,7 @@ where
 /// keeps the first, sibling chains take the rest, in one transaction (a
 /// retried split finds the siblings and loses its version check).
 pub async fn split_chain(
-    svc: &(impl ReadSource + ScheduleSteps + Settings + WriteChains),
+    svc: &(impl ReadJobs + ReadSource + ScheduleSteps + Settings + WriteChains),
     job: &Job,
     mut chain: Chain,
     window: (Option<OffsetDateTime>, OffsetDateTime),
@@ -158,11 +158,11 @@ pub async fn split_chain(
     let siblings = sibling_chains(job, &chain, &ranges);
     chain.step += 1;
     chain.heartbeat = unix_now();
-    if !won(svc
+    let split = svc
         .chains()
         .split_chain(&mut chain, &siblings, job.expires_at)
-        .await)?
-    {
+        .await;
+    if !split_applied(svc, &mut chain, split).await? {
         return Ok(StepOutcome::Stale);
     }
     tracing::info!(job_id = %job.id, chain = %chain.chain_id, partitions = siblings.len() + 1, "type split into partitions");
@@ -170,6 +170,35 @@ pub async fn split_chain(
         svc.continuation().schedule(c.event()).await?;
     }
     Ok(StepOutcome::Continued)
+}
+
+/// Whether this delivery's split landed. A split whose reply was lost (the
+/// transaction applied, the SDK gave up) is recognised by reading the chain
+/// back: this delivery's claim (`attempt`) at the split's step can only be
+/// there if its own transaction wrote it, and its siblings, created in that
+/// same transaction, would otherwise never be scheduled.
+async fn split_applied(
+    svc: &impl ReadJobs,
+    chain: &mut Chain,
+    split: Result<(), StoreError>,
+) -> Result<bool, StepError> {
+    let err = match split {
+        Ok(()) => return Ok(true),
+        Err(StoreError::Conflict) => return Ok(false),
+        Err(e) => e,
+    };
+    match svc.jobs().get_chain(&chain.job_id, &chain.chain_id).await {
+        Ok(Some(stored))
+            if stored.attempt == chain.attempt
+                && stored.step == chain.step
+                && stored.partition == chain.partition =>
+        {
+            tracing::warn!(job_id = %chain.job_id, chain = %chain.chain_id, error = %err, "split applied though its reply was lost");
+            chain.version = stored.version;
+            Ok(true)
+        }
+        _ => Err(err.into()),
+    }
 }
 
 /// Plans the chain's partitions with count probes against the source; no

@@ -17,6 +17,7 @@ use std::time::Duration;
 pub enum ObjectCall {
     UploadPart,
     Complete,
+    PutObject,
 }
 
 /// What a test does around object store calls.
@@ -67,6 +68,7 @@ impl<H: ObjectHooks> ObjectStore for HookedObjects<H> {
         self.inner.abort_upload(key, upload_id).await
     }
     async fn put_object(&self, key: &str, body: Bytes) -> Result<(), ObjectError> {
+        self.hooks.before(ObjectCall::PutObject).await?;
         self.inner.put_object(key, body).await
     }
     async fn object_size(&self, key: &str) -> Result<Option<u64>, ObjectError> {
@@ -179,7 +181,11 @@ impl<H: StoreHooks> ChainWrites for HookedStore<H> {
         expires_at: i64,
     ) -> Result<(), StoreError> {
         self.hooks.before(StoreCall::SplitChain)?;
-        self.inner.split_chain(chain, new, expires_at).await
+        let version = chain.version;
+        self.inner.split_chain(chain, new, expires_at).await?;
+        self.hooks
+            .after(StoreCall::SplitChain)
+            .inspect_err(|_| chain.version = version)
     }
 }
 

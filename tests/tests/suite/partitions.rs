@@ -2,12 +2,17 @@
 //! union of the partitions is exactly the type, even when every step
 //! (including the split itself) is delivered three times.
 
+use crate::common::wrappers::{HookedStore, StoreCall, StoreHooks};
 use crate::common::*;
 use bulk_export::stack::SourceSpec;
+use bulk_export_core::ports::job_store::StoreError;
+use bulk_export_core::ports::services::ExportServices;
 use bulk_export_core::worker::step::run_step;
 use bulk_export_testkit::fixture_server::{FixtureOptions, start_fixture};
 use bulk_export_testkit::generate::generate;
 use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partitions_cover_a_type_exactly_under_duplicate_delivery() {
@@ -79,4 +84,83 @@ async fn partitions_cover_a_type_exactly_under_duplicate_delivery() {
     names.sort();
     names.dedup();
     assert_eq!(names.len(), n, "file names are unique");
+}
+
+/// Loses the reply of the first split after it applied, and of every fourth
+/// chain finish after it applied: the split's sibling chains still run
+/// without a watchdog, and the output is exact.
+struct LoseSplitReply {
+    splits: Arc<AtomicU64>,
+    finishes: Arc<AtomicU64>,
+}
+
+impl StoreHooks for LoseSplitReply {
+    fn after(&self, call: StoreCall) -> Result<(), StoreError> {
+        let lost = match call {
+            StoreCall::SplitChain => self.splits.fetch_add(1, Ordering::SeqCst) == 0,
+            StoreCall::FinishChain => self.finishes.fetch_add(1, Ordering::SeqCst) % 4 == 0,
+            _ => false,
+        };
+        if lost {
+            return Err(StoreError::Backend(
+                "reply lost after the write applied".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_split_whose_reply_was_lost_still_starts_every_partition() {
+    let dir = TempDir::new("parts-lost");
+    let src = dir.0.join("src");
+    generate(&src, 150, 21).unwrap();
+    let fixture = start_fixture(&src, FixtureOptions::default())
+        .await
+        .unwrap();
+    let mut config = small_config();
+    config.page_size = 400;
+    config.partition_target = 1_200;
+    config.max_partitions = 6;
+    let stack = running_stack(
+        &dir.0.join("data"),
+        SourceSpec::Fhir {
+            base: fixture.base_url().to_string(),
+            token: None,
+        },
+        config,
+        0,
+    )
+    .await;
+    let splits = Arc::new(AtomicU64::new(0));
+    let svc = ExportServices {
+        store: Arc::new(HookedStore {
+            inner: stack.services.store.clone(),
+            hooks: LoseSplitReply {
+                splits: splits.clone(),
+                finishes: Arc::default(),
+            },
+        }),
+        ..stack.services.clone()
+    };
+    let status_url = kickoff(&stack.base_url, "_type=Observation").await;
+    let job_id = status_url.rsplit('/').next().unwrap().to_string();
+    // No watchdog: siblings nobody scheduled would never run.
+    let (steps, retries) = drain(&stack, &svc).await;
+    assert_eq!(splits.load(Ordering::SeqCst), 1, "one split");
+    let manifest = wait_complete(&status_url).await;
+    let files = download_outputs(&manifest).await;
+    let got = multiset(files.iter().map(|(_, _, b)| b.as_slice()));
+    let want: BTreeMap<_, _> = source_multiset(&src, false)
+        .into_iter()
+        .filter(|((ty, _), _)| ty == "Observation")
+        .collect();
+    assert!(got.values().all(|n| *n == 1), "no duplicates");
+    assert_eq!(got, want, "no loss");
+    let chains = svc.store.list_chains(&job_id).await.unwrap();
+    println!(
+        "{} partitions, {steps} steps, {retries} retried after lost replies",
+        chains.len()
+    );
+    assert!(chains.len() >= 4, "{} chains", chains.len());
 }

@@ -3,14 +3,19 @@
 //! end that type with an OperationOutcome in `error`. No fault ever produces a
 //! malformed output line.
 
+use crate::common::wrappers::{HookedObjects, ObjectCall, ObjectHooks};
 use crate::common::*;
 use bulk_export::stack::SourceSpec;
 use bulk_export_core::adapters::fhir_server::{FhirServerSource, RetryPolicy};
+use bulk_export_core::ports::object_store::ObjectError;
 use bulk_export_core::ports::services::ExportServices;
+use bulk_export_core::worker::step::run_step;
 use bulk_export_testkit::fixture_server::{Fault, FaultRule, FixtureOptions, start_fixture};
 use bulk_export_testkit::generate::generate;
 use serde_json::Value;
+use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 fn fast_retries() -> RetryPolicy {
@@ -322,6 +327,20 @@ async fn an_upstream_ignoring_a_compartment_parameter_leaks_no_other_patient() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pages_over_the_body_limit_are_asked_again_smaller_and_a_giant_resource_fails_its_type() {
+    // A page of 100 is ~2 MB against a 256 KiB limit.
+    body_limit_case(20_000, 60, 400_000, Some(256 * 1024)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_200_mb_page_and_a_100_mb_resource_under_the_default_body_limit() {
+    // The sizes hostile upstreams send (HAPI's count-bounded pages of inline
+    // attachments), against the production limit of 64 MiB.
+    body_limit_case(5_000_000, 40, 100_000_000, None).await;
+}
+
+/// Observations of `note` bytes each, `notes` of them, and one Condition of
+/// `giant` bytes, read through a body limit (`None`: the default).
+async fn body_limit_case(note: usize, notes: usize, giant: usize, limit: Option<usize>) {
     use std::io::Write;
     let dir = TempDir::new("body-limit");
     let src = dir.0.join("src");
@@ -336,15 +355,14 @@ async fn pages_over_the_body_limit_are_asked_again_smaller_and_a_giant_resource_
             writeln!(f, "{l}").unwrap();
         }
     };
-    // Observations with large inline notes: a page of 100 is ~2 MB.
-    let note = "n".repeat(20_000);
+    let text = "n".repeat(note);
     append(
         "Observation.ndjson",
-        (0..60)
+        (0..notes)
             .map(|i| {
                 serde_json::json!({"resourceType": "Observation", "id": format!("big-{i}"),
                 "meta": {"lastUpdated": lu}, "status": "final", "code": {"text": "note"},
-                "subject": {"reference": "Patient/pt-0"}, "note": [{"text": note}]})
+                "subject": {"reference": "Patient/pt-0"}, "note": [{"text": text}]})
                 .to_string()
             })
             .collect(),
@@ -353,7 +371,7 @@ async fn pages_over_the_body_limit_are_asked_again_smaller_and_a_giant_resource_
     append(
         "Condition.ndjson",
         vec![serde_json::json!({"resourceType": "Condition", "id": "giant", "meta": {"lastUpdated": lu},
-            "subject": {"reference": "Patient/pt-0"}, "note": [{"text": "g".repeat(400_000)}]})
+            "subject": {"reference": "Patient/pt-0"}, "note": [{"text": "g".repeat(giant)}]})
         .to_string()],
     );
     let fixture = start_fixture(&src, FixtureOptions::default())
@@ -364,9 +382,17 @@ async fn pages_over_the_body_limit_are_asked_again_smaller_and_a_giant_resource_
         token: None,
     };
     let stack = running_stack(&dir.0.join("data"), spec, small_config(), 0).await;
-    let source = FhirServerSource::new(fixture.base_url(), None, fast_retries())
-        .unwrap()
-        .with_max_body_bytes(256 * 1024);
+    // Pages of tens of MB take longer than the fast policy's timeout in a
+    // debug build.
+    let policy = RetryPolicy {
+        request_timeout: Duration::from_secs(120),
+        ..fast_retries()
+    };
+    let source = FhirServerSource::new(fixture.base_url(), None, policy).unwrap();
+    let source = match limit {
+        Some(bytes) => source.with_max_body_bytes(bytes),
+        None => source,
+    };
     let svc = ExportServices {
         source: Arc::new(source),
         ..stack.services.clone()
@@ -447,4 +473,117 @@ async fn or_typefilters_stay_exact_when_the_upstream_caps_its_pages() {
         .count();
     assert!(shared > 2, "more overlapping matches than one capped page");
     assert_eq!(got, want, "each matching Observation exactly once");
+}
+
+/// Fails the first error-file write (after the failure was claimed).
+struct FailFirstPut(Arc<std::sync::atomic::AtomicU64>);
+
+#[async_trait::async_trait]
+impl ObjectHooks for FailFirstPut {
+    async fn before(&self, call: ObjectCall) -> Result<(), ObjectError> {
+        if call == ObjectCall::PutObject && self.0.fetch_add(1, Ordering::SeqCst) == 0 {
+            return Err(ObjectError::Backend("injected: put failed".into()));
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failure_delivered_three_times_and_retried_writes_one_error_file() {
+    let dir = TempDir::new("fail-once");
+    let src = dir.0.join("src");
+    generate(&src, 30, 8).unwrap();
+    let opts = FixtureOptions {
+        faults: vec![FaultRule::from(1, Fault::HtmlErrorPage).for_type("Observation")],
+        ..FixtureOptions::default()
+    };
+    let fixture = start_fixture(&src, opts).await.unwrap();
+    let spec = SourceSpec::Fhir {
+        base: fixture.base_url().to_string(),
+        token: None,
+    };
+    let stack = running_stack(&dir.0.join("data"), spec, small_config(), 0).await;
+    let puts = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let svc = ExportServices {
+        source: Arc::new(FhirServerSource::new(fixture.base_url(), None, fast_retries()).unwrap()),
+        objects: Arc::new(HookedObjects {
+            inner: stack.services.objects.clone(),
+            hooks: FailFirstPut(puts.clone()),
+        }),
+        ..stack.services.clone()
+    };
+    let status_url = kickoff(&stack.base_url, "_type=Patient,Observation").await;
+    // Every step twice at once and once more after; a failed delivery is
+    // delivered again, as Lambda retries it.
+    while let Some(ev) = stack.queue.try_next().await {
+        let (a, b) = tokio::join!(run_step(&svc, &ev, None), run_step(&svc, &ev, None));
+        let mut failed = a.is_err() as u32 + b.is_err() as u32;
+        while run_step(&svc, &ev, None).await.is_err() {
+            failed += 1;
+            assert!(failed < 20, "step {ev:?} never succeeded");
+        }
+    }
+    assert!(
+        puts.load(Ordering::SeqCst) >= 2,
+        "the error file was written again"
+    );
+    let manifest = wait_complete(&status_url).await;
+    let errors = manifest["error"].as_array().unwrap();
+    assert_eq!(errors.len(), 1, "one error file: {manifest}");
+    let body = fetch_text(errors[0]["url"].as_str().unwrap()).await;
+    assert_eq!(body.lines().count(), 1, "one OperationOutcome: {body}");
+    assert!(body.contains("Observation"), "{body}");
+    let got = multiset(
+        download_outputs(&manifest)
+            .await
+            .iter()
+            .map(|(_, _, b)| b.as_slice()),
+    );
+    let patients: BTreeMap<_, _> = source_multiset(&src, false)
+        .into_iter()
+        .filter(|((ty, _), _)| ty == "Patient")
+        .collect();
+    assert_eq!(got, patients, "the healthy type is exact");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_100_mb_ndjson_line_fails_its_type_and_the_rest_is_exact() {
+    use std::io::Write;
+    let (_dir, src, stack) = ndjson_stack("line-limit", 20, 4, small_config(), 0).await;
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(src.join("Condition.ndjson"))
+        .unwrap();
+    let giant = serde_json::json!({"resourceType": "Condition", "id": "giant",
+        "meta": {"lastUpdated": "2024-01-01T00:00:00.000Z"},
+        "subject": {"reference": "Patient/pt-0"}, "note": [{"text": "g".repeat(100_000_000)}]});
+    writeln!(f, "{giant}").unwrap();
+    drop(f);
+    let svc = stack.services.clone();
+    let status_url = kickoff(&stack.base_url, "_type=Patient,Condition").await;
+    drain(&stack, &svc).await;
+    let manifest = wait_complete(&status_url).await;
+    let got = multiset(
+        download_outputs(&manifest)
+            .await
+            .iter()
+            .map(|(_, _, b)| b.as_slice()),
+    );
+    assert!(!got.contains_key(&("Condition".to_string(), "giant".to_string())));
+    let patients: BTreeMap<_, _> = source_multiset(&src, false)
+        .into_iter()
+        .filter(|((t, _), _)| t == "Patient")
+        .collect();
+    let got_patients: BTreeMap<_, _> = got
+        .into_iter()
+        .filter(|((t, _), _)| t == "Patient")
+        .collect();
+    assert_eq!(got_patients, patients, "the other type is exact");
+    let errors = manifest["error"].as_array().unwrap();
+    assert_eq!(errors.len(), 1, "{manifest}");
+    let body = fetch_text(errors[0]["url"].as_str().unwrap()).await;
+    assert!(
+        body.contains("Condition") && body.contains("longer than"),
+        "{body}"
+    );
 }
