@@ -98,7 +98,10 @@ impl StoreHooks for LoseSplitReply {
     fn after(&self, call: StoreCall) -> Result<(), StoreError> {
         let lost = match call {
             StoreCall::SplitChain => self.splits.fetch_add(1, Ordering::SeqCst) == 0,
-            StoreCall::FinishChain => self.finishes.fetch_add(1, Ordering::SeqCst) % 4 == 0,
+            StoreCall::FinishChain => self
+                .finishes
+                .fetch_add(1, Ordering::SeqCst)
+                .is_multiple_of(4),
             _ => false,
         };
         if lost {
