@@ -14,9 +14,17 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn partitions_cover_a_type_exactly_under_duplicate_delivery() {
-    let dir = TempDir::new("parts");
+/// A fixture FHIR server over 150 generated patients and a stack with no
+/// workers (the test delivers every step) whose Observations split into 4-6
+/// partitions.
+async fn partitioning_stack(
+    prefix: &str,
+) -> (
+    TempDir,
+    bulk_export_testkit::fixture_server::FixtureHandle,
+    bulk_export::stack::Stack,
+) {
+    let dir = TempDir::new(prefix);
     let src = dir.0.join("src");
     generate(&src, 150, 21).unwrap();
     let fixture = start_fixture(&src, FixtureOptions::default())
@@ -26,7 +34,6 @@ async fn partitions_cover_a_type_exactly_under_duplicate_delivery() {
     config.page_size = 400;
     config.partition_target = 1_200;
     config.max_partitions = 6;
-    // No workers: the test delivers every step itself.
     let stack = running_stack(
         &dir.0.join("data"),
         SourceSpec::Fhir {
@@ -37,6 +44,13 @@ async fn partitions_cover_a_type_exactly_under_duplicate_delivery() {
         0,
     )
     .await;
+    (dir, fixture, stack)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitions_cover_a_type_exactly_under_duplicate_delivery() {
+    let (dir, _fixture, stack) = partitioning_stack("parts").await;
+    let src = dir.0.join("src");
     let svc = stack.services.clone();
     let status_url = kickoff(&stack.base_url, "_type=Observation,Patient").await;
     let job_id = status_url.rsplit('/').next().unwrap().to_string();
@@ -115,26 +129,8 @@ impl StoreHooks for LoseSplitReply {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_split_whose_reply_was_lost_still_starts_every_partition() {
-    let dir = TempDir::new("parts-lost");
+    let (dir, _fixture, stack) = partitioning_stack("parts-lost").await;
     let src = dir.0.join("src");
-    generate(&src, 150, 21).unwrap();
-    let fixture = start_fixture(&src, FixtureOptions::default())
-        .await
-        .unwrap();
-    let mut config = small_config();
-    config.page_size = 400;
-    config.partition_target = 1_200;
-    config.max_partitions = 6;
-    let stack = running_stack(
-        &dir.0.join("data"),
-        SourceSpec::Fhir {
-            base: fixture.base_url().to_string(),
-            token: None,
-        },
-        config,
-        0,
-    )
-    .await;
     let splits = Arc::new(AtomicU64::new(0));
     let svc = ExportServices {
         store: Arc::new(HookedStore {
