@@ -6,7 +6,7 @@ use crate::embedded::{LOCAL_ACCESS_KEY, LOCAL_SECRET_KEY, start_dynamodb, start_
 use crate::http_server::{Authenticator, serve};
 use bulk_export_core::adapters::dynamo::DynamoJobStore;
 use bulk_export_core::adapters::fhir_server::upstream_auth::UpstreamAuth;
-use bulk_export_core::adapters::s3::S3ObjectStore;
+use bulk_export_core::adapters::s3::{S3Flavor, S3ObjectStore};
 use bulk_export_core::model::config::ExportConfig;
 use bulk_export_core::ports::services::ExportServices;
 use bulk_export_core::worker::in_process::{StepQueue, step_queue};
@@ -87,6 +87,7 @@ fn build_source(
 /// Builds services against endpoints without starting the HTTP server or workers.
 pub async fn build(opts: &StackOptions, base_url: String) -> Result<Stack, StackError> {
     let mut endpoints = opts.endpoints.clone();
+    let mut flavor = S3Flavor::Aws;
     if opts.use_embedded {
         std::fs::create_dir_all(&opts.data_dir).map_err(|e| StackError(e.to_string()))?;
         if endpoints.dynamodb.is_none() {
@@ -98,6 +99,7 @@ pub async fn build(opts: &StackOptions, base_url: String) -> Result<Stack, Stack
             );
         }
         if endpoints.s3.is_none() {
+            flavor = S3Flavor::S3sFs;
             endpoints.s3 = Some(
                 start_s3(&opts.data_dir.join("s3"))
                     .await
@@ -116,7 +118,8 @@ pub async fn build(opts: &StackOptions, base_url: String) -> Result<Stack, Stack
         .ensure_table()
         .await
         .map_err(|e| StackError(e.to_string()))?;
-    let objects = S3ObjectStore::new(s3_client(&endpoints).await, &config.bucket);
+    let objects =
+        S3ObjectStore::new(s3_client(&endpoints).await, &config.bucket).with_flavor(flavor);
     objects
         .ensure_bucket()
         .await

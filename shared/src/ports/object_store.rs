@@ -57,4 +57,11 @@ pub trait ObjectStore: Send + Sync {
     async fn get_object(&self, key: &str) -> Result<Option<Bytes>, ObjectError>;
     /// Keys under `prefix`, in key order.
     async fn list_keys(&self, prefix: &str) -> Result<Vec<String>, ObjectError>;
+    /// Whether a completed object may be seen half-written while its
+    /// completion runs (a server that writes it in place). False where an
+    /// object appears whole or not at all, as on S3: an object of another
+    /// size is then never going to become the one expected.
+    fn shows_partial_objects(&self) -> bool {
+        false
+    }
 }

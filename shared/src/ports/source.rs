@@ -55,6 +55,10 @@ pub struct Page {
     pub count: u64,
     /// Cursor of the next page; `None` when the type is exhausted.
     pub next: Option<String>,
+    /// The upstream was asked for ascending id order and pages follow it
+    /// (ids compared as bytes), so a page re-read at its cursor resumes
+    /// after the last exported id whatever was deleted since.
+    pub ordered_by_id: bool,
 }
 
 /// A source of FHIR resources.

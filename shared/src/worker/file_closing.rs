@@ -18,11 +18,12 @@ pub(crate) async fn object_appears(
 ) -> Result<bool, StepError> {
     // A store that writes the object in place (s3s-fs) shows it growing
     // while a completion runs: wait for the whole size, not just the key.
+    // Elsewhere an object of another size is someone else's bytes.
     for attempt in 0..6u64 {
-        if let Some(found) = svc.objects().object_size(key).await?
-            && size.is_none_or(|s| s == found)
-        {
-            return Ok(true);
+        match svc.objects().object_size(key).await? {
+            Some(found) if size.is_none_or(|s| s == found) => return Ok(true),
+            Some(_) if !svc.objects().shows_partial_objects() => return Ok(false),
+            _ => {}
         }
         tokio::time::sleep(Duration::from_millis(50 * (attempt + 1))).await;
     }
@@ -62,13 +63,22 @@ impl Closing {
     }
 }
 
-/// Completes a file (idempotently) and records it.
+/// Completes a file (idempotently) and records it. A file with no committed
+/// part is aborted instead and never listed: S3 completes no upload without
+/// parts, and a source can turn out empty after the read that opened the
+/// file (its resources deleted before a retry read them again).
 pub(crate) async fn complete_file(
     svc: &(impl RecordFiles + StoreObjects),
     job: &Job,
     resource_type: &str,
     open: &OpenFile,
 ) -> Result<(), StepError> {
+    if open.parts.is_empty() {
+        svc.objects()
+            .abort_upload(&open.key, &open.upload_id)
+            .await?;
+        return Ok(());
+    }
     if let Err(e) = svc
         .objects()
         .complete_upload(&open.key, &open.upload_id, &open.parts)

@@ -111,13 +111,7 @@ pub(crate) async fn finish_failure(
         complete_file(svc, job, &chain.resource_type, &closing).await?;
     }
     if let Some(open) = chain.open_file.take() {
-        if open.parts.is_empty() {
-            svc.objects()
-                .abort_upload(&open.key, &open.upload_id)
-                .await?;
-        } else {
-            complete_file(svc, job, &chain.resource_type, &open).await?;
-        }
+        complete_file(svc, job, &chain.resource_type, &open).await?;
     }
     write_error_file_numbered(svc, job, failure.error_file, &[failure.message]).await?;
     chain.state = ChainState::Failed;

@@ -18,7 +18,7 @@ use crate::worker::file_closing::Closing;
 use crate::worker::lifecycle::{cancel_chain, fail_chain, finish_failure};
 use crate::worker::outcome::{StepError, StepOutcome};
 use crate::worker::page_pipeline::{PageQuery, Prefetch};
-use crate::worker::page_skip::{exported_prefix, last_id};
+use crate::worker::page_skip::{Exported, exported_prefix, last_id};
 use crate::worker::part_writer::{self, PartData, PendingPart};
 use std::sync::Arc;
 use time::OffsetDateTime;
@@ -493,12 +493,7 @@ impl<'a, S: StepServices> PartsRun<'a, S> {
                     break;
                 }
             };
-            let done = exported_prefix(
-                &page.ndjson,
-                page.count,
-                part.skip,
-                part.skip_through.as_deref(),
-            );
+            let done = skipped(&page, &part);
             let data = &page.ndjson[done.offset..];
             let lines = page.count.saturating_sub(done.lines);
             self.prefetch_following(&page, part.buf.len() + data.len(), room);
@@ -512,8 +507,8 @@ impl<'a, S: StepServices> PartsRun<'a, S> {
             part.count += lines;
             if done.carry {
                 // This shorter page was all exported; the rest of the skip
-                // is on the pages after it.
-                part.skip -= done.lines;
+                // is on the pages after it (an id-ordered page may lose more).
+                part.skip = part.skip.saturating_sub(done.lines).max(1);
             } else {
                 part.skip = 0;
                 part.skip_through = None;
@@ -771,6 +766,17 @@ fn lines_that_fit(data: &[u8], used: usize, room: usize) -> (u64, usize) {
         }
     }
     (take, end)
+}
+
+/// What of `page` the part (resuming at its cursor) exported already.
+fn skipped(page: &Page, part: &PartData) -> Exported {
+    exported_prefix(
+        &page.ndjson,
+        page.count,
+        part.skip,
+        part.skip_through.as_deref(),
+        page.ordered_by_id,
+    )
 }
 
 /// The `_lastUpdated` window of a chain: the job's, narrowed to the chain's

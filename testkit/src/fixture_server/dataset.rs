@@ -24,6 +24,8 @@ pub(crate) struct TypeData {
     pub(crate) by_id: HashMap<Box<str>, usize>,
     /// Patient-compartment links per resource, computed on first use.
     links: OnceLock<Vec<Vec<(usize, String)>>>,
+    /// Indices of `resources` in id order, computed on first use.
+    id_order: OnceLock<Vec<usize>>,
 }
 
 impl TypeData {
@@ -39,6 +41,7 @@ impl TypeData {
             resources,
             by_id,
             links: OnceLock::new(),
+            id_order: OnceLock::new(),
         }
     }
 
@@ -54,6 +57,15 @@ impl TypeData {
                         .unwrap_or_default()
                 })
                 .collect()
+        })
+    }
+
+    /// Indices of the resources in ascending (byte) order of id.
+    pub(crate) fn id_order(&self) -> &[usize] {
+        self.id_order.get_or_init(|| {
+            let mut order: Vec<usize> = (0..self.resources.len()).collect();
+            order.sort_by(|a, b| self.resources[*a].id.cmp(&self.resources[*b].id));
+            order
         })
     }
 

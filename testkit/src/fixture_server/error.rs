@@ -93,6 +93,9 @@ pub(crate) enum SearchError {
     /// A `_lastUpdated` prefix other than `gt`, `ge`, `lt`, `le`, `eq`.
     #[error("_lastUpdated prefix '{0}' is not supported")]
     UnsupportedPrefix(String),
+    /// A `_sort` other than `_id` or `_lastUpdated`.
+    #[error("_sort={0} is not supported")]
+    UnsupportedSort(String),
     /// A parameter the server does not know for this type.
     #[error("unknown search parameter '{name}' for {resource_type}")]
     UnknownParameter {

@@ -109,7 +109,8 @@ async fn respond(state: &State, reset: &Notify, req: http::Request<Incoming>) ->
 /// `GET /fhir/<Type>/<id>`.
 fn read(state: &State, ty: &str, id: &str) -> Resp {
     state.bump(|s| s.reads += 1);
-    match state.data.types.get(ty).and_then(|d| d.read(id)) {
+    let found = state.data.types.get(ty).and_then(|d| d.read(id));
+    match found.filter(|_| !state.deleted(ty).contains(id)) {
         Some(raw) => response(200, "application/fhir+json", raw),
         None => outcome(404, "not-found", &format!("{ty}/{id} is not known")),
     }

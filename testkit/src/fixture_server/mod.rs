@@ -13,9 +13,9 @@
 //! - `GET /fhir/metadata`: a CapabilityStatement listing the loaded types
 //!   (Group is left out of the list but can still be read).
 //! - `GET /fhir/<Type>?_count=N&_lastUpdated=gtX&_lastUpdated=leY[&_offset=K]
-//!   [&_summary=count][&_id=a,b][&<compartment param>=Patient/a,Patient/b]`
-//!   (`_pretty`, `_format` and `_elements` are accepted and ignored; any other
-//!   parameter is a 400 OperationOutcome).
+//!   [&_summary=count][&_id=a,b][&<compartment param>=Patient/a,Patient/b]
+//!   [&_sort=_id|_lastUpdated]` (`_pretty`, `_format` and `_elements` are
+//!   accepted and ignored; any other parameter is a 400 OperationOutcome).
 //! - `GET /fhir/<Type>/<id>`: a read.
 //! - `GET /__stats`: request counters as JSON.
 
@@ -63,6 +63,13 @@ impl FixtureHandle {
     /// A snapshot of the counters.
     pub fn stats(&self) -> FixtureStats {
         self.state.stats()
+    }
+
+    /// Deletes a loaded resource, as a client of the upstream would while an
+    /// export reads it: later searches and reads leave it out. False if it
+    /// was not loaded or is deleted already.
+    pub fn delete(&self, resource_type: &str, id: &str) -> bool {
+        self.state.delete(resource_type, id)
     }
 
     /// Resets the counters (fault rules keep their own numbering).

@@ -24,6 +24,9 @@ pub struct FixtureOptions {
     /// Search parameters silently ignored, as a lenient server ignores one
     /// it does not support (whatever `Prefer: handling=strict` asks).
     pub ignored_params: Vec<String>,
+    /// Answers `_sort=_id`; when false, `_sort` is an unknown parameter (a
+    /// 400, as from a server that cannot sort by id).
+    pub sorts_by_id: bool,
 }
 
 impl Default for FixtureOptions {
@@ -36,6 +39,7 @@ impl Default for FixtureOptions {
             faults: Vec::new(),
             seed: 1,
             ignored_params: Vec::new(),
+            sorts_by_id: true,
         }
     }
 }

@@ -60,6 +60,8 @@ pub(crate) struct Search {
     pub(crate) ids: Option<Vec<String>>,
     /// (parameter index, parameter name, patient ids).
     pub(crate) compartment: Vec<(usize, String, Vec<String>)>,
+    /// `_sort=_id`: matches in id order instead of `(lastUpdated, id)`.
+    pub(crate) sort_by_id: bool,
 }
 
 /// Parses the query of a search of `ty`; `_count` is capped by the options.
@@ -77,6 +79,12 @@ pub(crate) fn parse_search(
             // A server that does not support a parameter and is lenient
             // answers as if it had not been sent.
             continue;
+        }
+        if k == "_sort" && !opts.sorts_by_id {
+            return Err(SearchError::UnknownParameter {
+                name: k,
+                resource_type: ty.to_string(),
+            });
         }
         s.apply(ty, params, &k, &decode(v))?;
     }
@@ -112,6 +120,7 @@ impl Search {
             hi_inclusive: true,
             ids: None,
             compartment: Vec::new(),
+            sort_by_id: false,
         }
     }
 
@@ -129,6 +138,13 @@ impl Search {
             "_summary" => self.set_summary(value)?,
             "_lastUpdated" => self.add_last_updated(value)?,
             "_id" => self.add_ids(value),
+            "_sort" => {
+                self.sort_by_id = match value {
+                    "_id" => true,
+                    "_lastUpdated" => false,
+                    other => return Err(SearchError::UnsupportedSort(other.to_string())),
+                }
+            }
             "_pretty" | "_format" | "_elements" | "_nonce" => {}
             other => self.add_compartment(ty, params, other, value)?,
         }
@@ -241,6 +257,9 @@ impl Search {
             url.push_str(name);
             url.push('=');
             url.push_str(&encode(&refs.join(",")));
+        }
+        if self.sort_by_id {
+            url.push_str("&_sort=_id");
         }
         url.push_str(&format!("&_offset={offset}"));
         if let Some(n) = nonce {

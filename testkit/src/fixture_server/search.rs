@@ -33,8 +33,8 @@ impl Matches {
     }
 }
 
-/// The resources of `data` that match `s`.
-fn matches(data: &TypeData, s: &Search) -> Matches {
+/// The resources of `data` that match `s` and are not `deleted`.
+fn matches(data: &TypeData, s: &Search, deleted: &HashSet<String>) -> Matches {
     let rs = &data.resources;
     let lo = if s.lo_inclusive {
         rs.partition_point(|r| r.t < s.lo)
@@ -47,7 +47,7 @@ fn matches(data: &TypeData, s: &Search) -> Matches {
         rs.partition_point(|r| r.t < s.hi)
     };
     let hi = hi.max(lo);
-    if s.ids.is_none() && s.compartment.is_empty() {
+    if s.ids.is_none() && s.compartment.is_empty() && deleted.is_empty() && !s.sort_by_id {
         return Matches::Range(lo, hi);
     }
     let ids: Option<HashSet<&str>> = s
@@ -59,16 +59,25 @@ fn matches(data: &TypeData, s: &Search) -> Matches {
     } else {
         data.links()
     };
-    let list = (lo..hi)
-        .filter(|i| ids.as_ref().is_none_or(|ids| ids.contains(&*rs[*i].id)))
-        .filter(|i| {
-            s.compartment.iter().all(|(idx, _, pats)| {
+    let keep = |i: &usize| {
+        ids.as_ref().is_none_or(|ids| ids.contains(&*rs[*i].id))
+            && !deleted.contains(&*rs[*i].id)
+            && s.compartment.iter().all(|(idx, _, pats)| {
                 links
                     .get(*i)
                     .is_some_and(|l| l.iter().any(|(p, id)| p == idx && pats.contains(id)))
             })
-        })
-        .collect();
+    };
+    let list = if s.sort_by_id {
+        let in_window = |i: &usize| (lo..hi).contains(i);
+        data.id_order()
+            .iter()
+            .copied()
+            .filter(|i| in_window(i) && keep(i))
+            .collect()
+    } else {
+        (lo..hi).filter(keep).collect()
+    };
     Matches::List(list)
 }
 
@@ -86,7 +95,7 @@ pub(crate) async fn search(state: &State, reset: &Notify, ty: &str, query: &str)
         Err(e) => return outcome(400, "not-supported", &e.to_string()),
     };
     let data = state.data.type_data(ty);
-    let m = matches(data, &s);
+    let m = matches(data, &s, &state.deleted(ty));
     if s.summary_count {
         state.bump(|st| *st.counts.entry(ty.to_string()).or_default() += 1);
         let total = m.len();

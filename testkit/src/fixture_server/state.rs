@@ -5,6 +5,7 @@ use super::dataset::Dataset;
 use super::faults::{Fault, Trigger};
 use super::options::{FixtureOptions, FixtureStats};
 use crate::generate::Rng;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -17,6 +18,8 @@ pub(crate) struct State {
     rule_hits: Vec<AtomicU64>,
     rng: Mutex<Rng>,
     nonce: AtomicU64,
+    /// Ids deleted per type since the server started.
+    deleted: Mutex<HashMap<String, HashSet<String>>>,
 }
 
 impl State {
@@ -29,6 +32,7 @@ impl State {
             origin,
             stats: Mutex::new(FixtureStats::default()),
             nonce: AtomicU64::new(0),
+            deleted: Mutex::default(),
         }
     }
 
@@ -45,6 +49,27 @@ impl State {
         if let Ok(mut s) = self.stats.lock() {
             f(&mut s);
         }
+    }
+
+    /// Deletes a loaded resource: searches and reads no longer find it.
+    /// False if it was not loaded or is deleted already.
+    pub(crate) fn delete(&self, ty: &str, id: &str) -> bool {
+        if self.data.types.get(ty).and_then(|d| d.read(id)).is_none() {
+            return false;
+        }
+        self.deleted
+            .lock()
+            .map(|mut d| d.entry(ty.to_string()).or_default().insert(id.to_string()))
+            .unwrap_or(false)
+    }
+
+    /// The ids of `ty` deleted so far.
+    pub(crate) fn deleted(&self, ty: &str) -> HashSet<String> {
+        self.deleted
+            .lock()
+            .ok()
+            .and_then(|d| d.get(ty).cloned())
+            .unwrap_or_default()
     }
 
     /// A fresh number, so that links that would otherwise repeat differ.

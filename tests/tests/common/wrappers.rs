@@ -74,6 +74,9 @@ impl<H: ObjectHooks> ObjectStore for HookedObjects<H> {
     async fn object_size(&self, key: &str) -> Result<Option<u64>, ObjectError> {
         self.inner.object_size(key).await
     }
+    fn shows_partial_objects(&self) -> bool {
+        self.inner.shows_partial_objects()
+    }
     async fn presign_get(&self, key: &str, ttl: Duration) -> Result<String, ObjectError> {
         self.inner.presign_get(key, ttl).await
     }

@@ -5,6 +5,7 @@
 mod common;
 
 mod api;
+mod changing_source;
 mod compartment;
 mod conformance;
 mod duplicate_delivery;

@@ -1,5 +1,6 @@
 //! [`Source`] over a FHIR R4 server's search API. Pages are followed through
-//! `link[relation=next]`; the cursor is `<filter index> <next url>`.
+//! `link[relation=next]`; the cursor is `<query index>[s] <next url>`, the
+//! `s` marking a search asked for `_sort=_id` (see `Page::ordered_by_id`).
 
 pub mod read_ahead;
 pub mod upstream_auth;
@@ -65,6 +66,8 @@ pub struct FhirServerSource {
     retry: RetryPolicy,
     ahead: std::sync::Arc<ReadAhead>,
     max_body: usize,
+    /// Searches ask for `_sort=_id` until the upstream refuses it once.
+    sort_by_id: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Largest upstream response body read: a bigger page is asked for again
@@ -103,6 +106,7 @@ impl FhirServerSource {
             retry,
             ahead: std::sync::Arc::default(),
             max_body: MAX_BODY_BYTES,
+            sort_by_id: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true)),
         })
     }
 
@@ -336,6 +340,53 @@ impl FhirServerSource {
         }
     }
 
+    /// The cursor after the page of query `q` (of `queries`) read from
+    /// `url`, whose `next` link is `next`.
+    fn next_cursor(
+        &self,
+        next: Option<String>,
+        url: &str,
+        (q, queries): (usize, usize),
+        ordered: bool,
+    ) -> Result<Option<String>, SourceError> {
+        Ok(match next {
+            Some(n) => {
+                if n == url {
+                    return Err(SourceError::Permanent(
+                        "upstream next link points back to the same page".into(),
+                    ));
+                }
+                self.check_same_upstream(&n)?;
+                Some(format!("{q}{} {n}", if ordered { "s" } else { "" }))
+            }
+            None if q + 1 < queries => Some(format!("{} ", q + 1)),
+            None => None,
+        })
+    }
+
+    /// The search page at `url`, which asks for `_sort=_id`. Under strict
+    /// handling an upstream that cannot sort by id refuses the search: then
+    /// the page at `plain()` and that URL, and later searches stop asking.
+    async fn sorted_search(
+        &self,
+        url: &str,
+        plain: impl FnOnce() -> String,
+        ty: &str,
+        budget: usize,
+    ) -> Result<(FramedPage, Option<String>), SourceError> {
+        match self.search_page_within_limit(url, ty, budget).await {
+            Err(SourceError::Permanent(reason)) => {
+                let plain = plain();
+                let framed = self.search_page_within_limit(&plain, ty, budget).await?;
+                tracing::warn!(resource_type = ty, %reason, "upstream refuses _sort=_id; a re-read page resumes by position");
+                self.sort_by_id
+                    .store(false, std::sync::atomic::Ordering::Relaxed);
+                Ok((framed, Some(plain)))
+            }
+            other => Ok((other?, None)),
+        }
+    }
+
     /// `search_page` without looking for a page already read ahead (a
     /// read-ahead task must not find itself).
     async fn fetch_search_page(
@@ -414,6 +465,23 @@ impl FhirServerSource {
         }
         Err(SourceError::Exhausted(last))
     }
+}
+
+/// A cursor's query index, whether that search asked for `_sort=_id`, and
+/// its next URL (empty for the first page of the query).
+fn parse_cursor(cursor: &str, queries: usize) -> Result<(usize, bool, &str), SourceError> {
+    let malformed = || SourceError::Permanent("malformed FHIR cursor".into());
+    let (head, url) = cursor.split_once(' ').ok_or_else(malformed)?;
+    let (index, sorted) = match head.strip_suffix('s') {
+        Some(index) => (index, true),
+        None => (head, false),
+    };
+    let index = index
+        .parse::<usize>()
+        .ok()
+        .filter(|i| *i < queries)
+        .ok_or_else(malformed)?;
+    Ok((index, sorted, url))
 }
 
 /// `url` with its `_count` halved, `None` when it has none or it is 1.
@@ -639,7 +707,7 @@ impl Source for FhirServerSource {
         };
         let links = compartment_queries(req);
         // Query q runs filter q / links.len() restricted by link q % links.len().
-        let query_url = |q: usize| -> String {
+        let query_url = |q: usize, sorted: bool| -> String {
             let (f, l) = (q / links.len(), q % links.len());
             let mut url = self.first_url(req, filters.get(f).copied().flatten());
             if let Some(link) = &links[l] {
@@ -648,42 +716,40 @@ impl Source for FhirServerSource {
                     &percent_encoding::utf8_percent_encode(link, QUERY_UNSAFE).to_string(),
                 );
             }
+            if sorted {
+                url.push_str("&_sort=_id");
+            }
             url
         };
         let queries = filters.len() * links.len();
-        let (q, url) = match req.cursor {
-            None => (0usize, query_url(0)),
+        let sort = self.sort_by_id.load(std::sync::atomic::Ordering::Relaxed);
+        let (q, mut url, built, mut ordered) = match req.cursor {
+            None => (0usize, query_url(0, sort), true, sort),
             Some(c) => {
-                let (i, u) = c
-                    .split_once(' ')
-                    .and_then(|(i, u)| Some((i.parse::<usize>().ok()?, u.to_string())))
-                    .filter(|(i, _)| *i < queries)
-                    .ok_or_else(|| SourceError::Permanent("malformed FHIR cursor".into()))?;
+                let (i, sorted, u) = parse_cursor(c, queries)?;
                 if u.is_empty() {
-                    (i, query_url(i))
+                    (i, query_url(i, sort), true, sort)
                 } else {
-                    self.check_same_upstream(&u)?;
-                    (i, u)
+                    self.check_same_upstream(u)?;
+                    (i, u.to_string(), false, sorted)
                 }
             }
         };
         let ty = req.resource_type;
-        let framed = self
-            .search_page_within_limit(&url, ty, req.read_ahead_below)
-            .await?;
-        let next = match framed.next {
-            Some(n) => {
-                if n == url {
-                    return Err(SourceError::Permanent(
-                        "upstream next link points back to the same page".into(),
-                    ));
+        let framed = if built && ordered {
+            let sorted = self.sorted_search(&url, || query_url(q, false), ty, req.read_ahead_below);
+            match sorted.await? {
+                (framed, None) => framed,
+                (framed, Some(plain)) => {
+                    (url, ordered) = (plain, false);
+                    framed
                 }
-                self.check_same_upstream(&n)?;
-                Some(format!("{q} {n}"))
             }
-            None if q + 1 < queries => Some(format!("{} ", q + 1)),
-            None => None,
+        } else {
+            self.search_page_within_limit(&url, ty, req.read_ahead_below)
+                .await?
         };
+        let next = self.next_cursor(framed.next, &url, (q, queries), ordered)?;
         let (mut ndjson, mut count) = (framed.ndjson, framed.count);
         let filter_idx = q / links.len();
         if filter_idx > 0 && count > 0 {
@@ -701,6 +767,7 @@ impl Source for FhirServerSource {
             ndjson,
             count,
             next,
+            ordered_by_id: ordered,
         })
     }
 

@@ -17,6 +17,23 @@ use std::time::Duration;
 pub struct S3ObjectStore {
     client: Client,
     bucket: String,
+    flavor: S3Flavor,
+}
+
+/// Where an S3-compatible server answers differently from S3 in a way the
+/// adapter must know. Only the embedded server of local runs and tests
+/// differs; everything else (S3 itself, moto) is [`S3Flavor::Aws`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum S3Flavor {
+    /// Amazon S3's behaviour.
+    #[default]
+    Aws,
+    /// s3s-fs: a request on an upload that is gone answers `AccessDenied`
+    /// (on S3 that means a denied permission, never a gone upload), and a
+    /// completion writes the object in place, so a reader may see it
+    /// half-written.
+    S3sFs,
 }
 
 fn backend<E: std::error::Error + Send + Sync + 'static>(e: E) -> ObjectError {
@@ -30,18 +47,31 @@ fn code_of<E: ProvideErrorMetadata, R>(e: &SdkError<E, R>) -> Option<String> {
     }
 }
 
-/// S3 says `NoSuchUpload` for an upload that is gone; s3s-fs says
-/// `AccessDenied`. Callers verify what actually happened before trusting it.
-fn upload_gone<E: ProvideErrorMetadata, R>(e: &SdkError<E, R>) -> bool {
-    matches!(code_of(e).as_deref(), Some("NoSuchUpload" | "AccessDenied"))
-}
-
 impl S3ObjectStore {
     /// Wraps a client and bucket name.
     pub fn new(client: Client, bucket: impl Into<String>) -> Self {
         Self {
             client,
             bucket: bucket.into(),
+            flavor: S3Flavor::Aws,
+        }
+    }
+
+    /// The same store talking to a server of `flavor`.
+    pub fn with_flavor(mut self, flavor: S3Flavor) -> Self {
+        self.flavor = flavor;
+        self
+    }
+
+    /// Whether `e` says the upload is gone: `NoSuchUpload` (and s3s-fs's
+    /// `AccessDenied`). A denied permission on S3 stays an error, so a
+    /// missing IAM action never passes for a lost upload. Callers verify
+    /// what actually happened before trusting it.
+    fn upload_gone<E: ProvideErrorMetadata, R>(&self, e: &SdkError<E, R>) -> bool {
+        match code_of(e).as_deref() {
+            Some("NoSuchUpload") => true,
+            Some("AccessDenied") => self.flavor == S3Flavor::S3sFs,
+            _ => false,
         }
     }
 
@@ -115,7 +145,7 @@ impl S3ObjectStore {
         upload_id: &str,
         uploaded: u32,
     ) -> ObjectError {
-        if upload_gone(&e) {
+        if self.upload_gone(&e) {
             return ObjectError::NoSuchUpload;
         }
         let server_side = matches!(e, SdkError::DispatchFailure(_))
@@ -152,7 +182,7 @@ impl S3ObjectStore {
             .await
         {
             Ok(out) => Ok(out.parts().len() >= uploaded as usize),
-            Err(e) if upload_gone(&e) => Ok(false),
+            Err(e) if self.upload_gone(&e) => Ok(false),
             Err(_) => self.upload_listed(key, upload_id).await,
         }
     }
@@ -306,7 +336,7 @@ impl ObjectStore for S3ObjectStore {
             .await
         {
             Ok(_) => Ok(()),
-            Err(e) if upload_gone(&e) => Ok(()),
+            Err(e) if self.upload_gone(&e) => Ok(()),
             Err(e) => Err(backend(e)),
         }
     }
@@ -322,6 +352,10 @@ impl ObjectStore for S3ObjectStore {
             .await
             .map_err(backend)?;
         Ok(())
+    }
+
+    fn shows_partial_objects(&self) -> bool {
+        self.flavor == S3Flavor::S3sFs
     }
 
     async fn object_size(&self, key: &str) -> Result<Option<u64>, ObjectError> {
