@@ -203,10 +203,23 @@ pub(crate) async fn commit(
 
     // A part under 5 MiB may only be the last of its file.
     let small_tail = part.bytes > 0 && part.bytes < svc.config().min_part_size as u64;
-    if (part.exhausted || small_tail || already_completed)
-        && let Some(open) = chain.open_file.take()
-    {
+    let ends_file = part.exhausted || small_tail || already_completed;
+    if ends_file && let Some(open) = chain.open_file.take() {
+        if let Some(previous) = chain.closing.take() {
+            // The file before it may still be completing on its own task;
+            // completion is idempotent, and the chain holds one closing file.
+            complete_file(svc, job, &chain.resource_type, &previous).await?;
+        }
+        // Committed as closing first: only the delivery holding the claim
+        // completes the upload (a stale one would complete it with its own
+        // part), and a crash before the completion leaves it to the next
+        // step. Then completed and recorded, and the chain moves on.
+        chain.closing = Some(open.clone());
+        if !won(svc.chains().save_chain(chain).await)? {
+            return Ok(Some(StepOutcome::Stale));
+        }
         complete_file(svc, job, &chain.resource_type, &open).await?;
+        chain.closing = None;
     }
     if part.exhausted {
         chain.state = ChainState::Done;

@@ -514,6 +514,9 @@ impl<'a, S: StepServices> PartsRun<'a, S> {
                 part.skip_through = None;
             }
             let Some(next) = page.next else {
+                // The cursor stays at the last page, all of it taken: a step
+                // re-run after this one committed finds nothing left.
+                (part.skip, part.skip_through) = (page.count, last_id(&page.ndjson));
                 part.exhausted = true;
                 break;
             };
