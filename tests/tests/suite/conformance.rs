@@ -1410,3 +1410,77 @@ async fn presigned_urls_read_the_object_for_their_validity(b: &Backend) {
         "a URL valid for over a week",
     );
 }
+
+/// Every item a job leaves in DynamoDB (the job, its chains and their
+/// split siblings, file records, file-number counters, the poll counter on
+/// the job item) carries the job's `ttl`, so DynamoDB's TTL removes all of
+/// it: nothing of an export outlives its retention. Schedule records are the
+/// one exception on purpose (a schedule's last success must outlive any
+/// single export).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sdk_every_item_of_a_job_expires_with_it() {
+    let b = Backend::sdk().await;
+    let (_, chains) = job_with_chains(&b, "j1", 2).await;
+    let mut narrowed = chains[0].clone();
+    narrowed.partition = partition(None, Some("2020-01-01T00:00:00.000Z"));
+    let mut sibling = chain("j1", "c0-p1");
+    sibling.partition = partition(Some("2020-01-01T00:00:00.000Z"), None);
+    b.store
+        .split_chain(&mut narrowed, &[sibling], EXPIRES_AT)
+        .await
+        .unwrap();
+    let mut second = chains[1].clone();
+    second.step = 1;
+    b.store.save_chain(&mut second).await.unwrap();
+    b.store
+        .put_file("j1", &file("Patient", 1, 10))
+        .await
+        .unwrap();
+    b.store
+        .next_file_number("j1", "Patient", EXPIRES_AT)
+        .await
+        .unwrap();
+    b.store.record_poll("j1", 1_000, 10).await.unwrap();
+    b.store
+        .record_schedule_success("nightly", "2026-01-01T00:00:00.000Z")
+        .await
+        .unwrap();
+
+    let stack = b._stack.as_ref().unwrap();
+    let client = bulk_export::aws_clients::dynamodb_client(&stack.endpoints).await;
+    let items = client
+        .scan()
+        .table_name(&stack.services.config.table)
+        .send()
+        .await
+        .unwrap()
+        .items
+        .unwrap_or_default();
+    let key =
+        |item: &std::collections::HashMap<String, aws_sdk_dynamodb::types::AttributeValue>| {
+            format!(
+                "{} {}",
+                item["pk"].as_s().unwrap(),
+                item["sk"].as_s().unwrap()
+            )
+        };
+    let of_job: Vec<_> = items
+        .iter()
+        .filter(|i| !i["pk"].as_s().unwrap().starts_with("SCHEDULE#"))
+        .collect();
+    assert!(
+        of_job.len() >= 6,
+        "job, 3 chains, a file, a counter: {}",
+        of_job.len()
+    );
+    for item in of_job {
+        assert_eq!(
+            item.get("ttl")
+                .and_then(|t| t.as_n().ok())
+                .map(String::as_str),
+            Some(EXPIRES_AT.to_string().as_str()),
+            "{} expires with its job",
+            key(item)
+        );
+    }
+}

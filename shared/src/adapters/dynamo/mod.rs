@@ -589,6 +589,9 @@ impl FileRecords for DynamoJobStore {
                 s(format!("FILE#{}#{:08}", file.resource_type, file.number)),
             )
             .item("doc", s(encode(file)?))
+            // Expires with its job (the files themselves expire by the
+            // bucket's lifecycle rule).
+            .item("ttl", n(file.expires_at))
             .send()
             .await
             .map_err(backend)?;
