@@ -319,15 +319,23 @@ fn referenced_chains(job_id: &str, referenced_types: &[String]) -> Vec<crate::mo
 
 /// Schedules the first step of each running chain of a running job (a
 /// queued job's chains start when admission lets it run).
+/// Several at once: a Group of many patient batches has a chain per type
+/// and batch, and one invocation after another would outlast API Gateway's
+/// 29 seconds.
 async fn start_chains(svc: &impl ScheduleSteps, job: &Job, chains: &[crate::model::Chain]) {
-    for chain in chains
+    use futures::StreamExt;
+    let running = chains
         .iter()
-        .filter(|c| job.status == JobStatus::Running && c.state == ChainState::Running)
-    {
-        let ev = chain.event();
-        if let Err(e) = svc.continuation().schedule(ev).await {
-            // The watchdog restarts chains that never made progress.
-            tracing::error!(job_id = %job.id, chain = %chain.chain_id, error = %e, "could not start chain");
-        }
-    }
+        .filter(|c| job.status == JobStatus::Running && c.state == ChainState::Running);
+    futures::stream::iter(running)
+        .for_each_concurrent(STARTS_AT_ONCE, |chain| async move {
+            if let Err(e) = svc.continuation().schedule(chain.event()).await {
+                // The watchdog restarts chains that never made progress.
+                tracing::error!(job_id = %job.id, chain = %chain.chain_id, error = %e, "could not start chain");
+            }
+        })
+        .await;
 }
+
+/// Chain starts (worker invocations) in flight at once at kick-off.
+const STARTS_AT_ONCE: usize = 16;

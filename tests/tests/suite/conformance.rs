@@ -134,6 +134,7 @@ on_every_backend!(
     // job store
     create_job_stores_the_job_and_its_chains_at_version_zero,
     create_job_over_an_existing_job_conflicts_and_keeps_it,
+    create_job_stores_every_chain_of_a_large_group,
     set_job_status_with_a_stale_version_conflicts_and_changes_nothing,
     cancel_job_wins_once_and_fences_stale_writers,
     active_jobs_are_the_queued_running_and_unfinished_cancelled_ones,
@@ -345,6 +346,30 @@ async fn create_job_stores_the_job_and_its_chains_at_version_zero(b: &Backend) {
     assert!(b.store.get_chain("j2", "a").await.unwrap().is_none());
     assert!(b.store.list_chains("j2").await.unwrap().is_empty());
     assert!(b.store.list_files("j1").await.unwrap().is_empty());
+}
+
+async fn create_job_stores_every_chain_of_a_large_group(b: &Backend) {
+    // A Group of 20,000 members queried in batches of 100, 6 types: 1,200
+    // chains, each naming its batch (written 25 to a BatchWriteItem).
+    let chains: Vec<Chain> = (0..1_200)
+        .map(|i| {
+            let mut c = chain("j1", &format!("Observation.{i}"));
+            c.batch = Some((0..100).map(|p| format!("patient-{i}-{p}")).collect());
+            c
+        })
+        .collect();
+    b.store
+        .create_job(&job("j1", JobStatus::Running), &chains)
+        .await
+        .unwrap();
+    let stored = b.store.list_chains("j1").await.unwrap();
+    assert_eq!(stored.len(), 1_200);
+    assert!(
+        stored
+            .iter()
+            .all(|c| c.version == 0 && c.batch.as_ref().is_some_and(|b| b.len() == 100))
+    );
+    assert_eq!(stored_job(b, "j1").await.chains_remaining, 1_200);
 }
 
 async fn create_job_over_an_existing_job_conflicts_and_keeps_it(b: &Backend) {

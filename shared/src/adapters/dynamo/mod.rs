@@ -20,6 +20,13 @@ use std::collections::HashMap;
 
 const JOB_SK: &str = "JOB";
 
+/// Most items in one BatchWriteItem (DynamoDB's limit).
+const BATCH_WRITE_ITEMS: usize = 25;
+/// BatchWriteItem requests in flight at once when a job is created.
+const BATCH_WRITES_AT_ONCE: usize = 8;
+/// Sends of one batch before its unprocessed items are an error.
+const BATCH_WRITE_ATTEMPTS: u32 = 8;
+
 /// DynamoDB-backed job store.
 #[derive(Clone)]
 pub struct DynamoJobStore {
@@ -298,6 +305,70 @@ impl DynamoJobStore {
         .await
     }
 
+    /// Writes a new job's chain items, 25 to a BatchWriteItem (DynamoDB's
+    /// limit) and several batches at once, so a Group of many batches is
+    /// stored within an API Gateway request; items DynamoDB leaves
+    /// unprocessed (throttling) are sent again with a growing pause.
+    async fn put_chains(&self, job: &Job, chains: &[Chain]) -> Result<(), StoreError> {
+        use futures::{StreamExt, TryStreamExt};
+        let requests = chains
+            .iter()
+            .map(|chain| {
+                let put = aws_sdk_dynamodb::types::PutRequest::builder()
+                    .item("pk", pk(&job.id))
+                    .item("sk", chain_sk(&chain.chain_id))
+                    .item("doc", s(encode(chain)?))
+                    .item("version", n(0))
+                    .item("ttl", n(job.expires_at))
+                    .build()
+                    .map_err(backend)?;
+                Ok(aws_sdk_dynamodb::types::WriteRequest::builder()
+                    .put_request(put)
+                    .build())
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        futures::stream::iter(requests.chunks(BATCH_WRITE_ITEMS).map(<[_]>::to_vec))
+            .map(|batch| self.batch_write(batch))
+            .buffer_unordered(BATCH_WRITES_AT_ONCE)
+            .try_collect::<Vec<()>>()
+            .await?;
+        Ok(())
+    }
+
+    /// One BatchWriteItem, sent again for what DynamoDB left unprocessed.
+    async fn batch_write(
+        &self,
+        mut batch: Vec<aws_sdk_dynamodb::types::WriteRequest>,
+    ) -> Result<(), StoreError> {
+        for attempt in 0..BATCH_WRITE_ATTEMPTS {
+            if attempt > 0 {
+                let pause = std::time::Duration::from_millis(50 << attempt.min(6));
+                tokio::time::sleep(pause).await;
+            }
+            let resp = self
+                .client
+                .batch_write_item()
+                .request_items(&self.table, batch)
+                .send()
+                .await
+                .map_err(backend)?;
+            batch = resp
+                .unprocessed_items
+                .and_then(|mut left| left.remove(&self.table))
+                .unwrap_or_default();
+            if batch.is_empty() {
+                return Ok(());
+            }
+        }
+        Err(StoreError::Backend(
+            format!(
+                "{} chain items still unprocessed after {BATCH_WRITE_ATTEMPTS} batch writes",
+                batch.len()
+            )
+            .into(),
+        ))
+    }
+
     fn chain_update(&self, chain: &Chain, token: &str) -> Result<Update, StoreError> {
         Update::builder()
             .table_name(&self.table)
@@ -371,19 +442,7 @@ impl JobReads for DynamoJobStore {
 impl JobWrites for DynamoJobStore {
     async fn create_job(&self, job: &Job, chains: &[Chain]) -> Result<(), StoreError> {
         // Chains first: a job item only exists once all its chains do.
-        for chain in chains {
-            self.client
-                .put_item()
-                .table_name(&self.table)
-                .item("pk", pk(&job.id))
-                .item("sk", chain_sk(&chain.chain_id))
-                .item("doc", s(encode(chain)?))
-                .item("version", n(0))
-                .item("ttl", n(job.expires_at))
-                .send()
-                .await
-                .map_err(backend)?;
-        }
+        self.put_chains(job, chains).await?;
         let token = write_token();
         let put = self
             .client
