@@ -111,6 +111,14 @@ pub fn options(
     }
 }
 
+/// A FHIR-server source at `base`, without a token.
+pub fn fhir_source(base: &str) -> SourceSpec {
+    SourceSpec::Fhir {
+        base: base.to_string(),
+        token: None,
+    }
+}
+
 /// A running stack with workers and an HTTP server.
 pub async fn running_stack(
     data_dir: &Path,

@@ -7,7 +7,6 @@
 //! exported); an upstream that refuses `_sort` is asked again without it.
 
 use crate::common::*;
-use bulk_export::stack::SourceSpec;
 use bulk_export_core::model::config::ExportConfig;
 use bulk_export_core::worker::step::run_step;
 use bulk_export_testkit::fixture_server::{FixtureHandle, FixtureOptions, start_fixture};
@@ -36,10 +35,7 @@ async fn rolling_stack(
     };
     let stack = running_stack(
         &dir.0.join("data"),
-        SourceSpec::Fhir {
-            base: fixture.base_url().to_string(),
-            token: None,
-        },
+        fhir_source(fixture.base_url()),
         config,
         0,
     )

@@ -513,16 +513,7 @@ async fn compartment_exports_from_a_fhir_server_are_exact() {
     let mut config = small_config();
     // Small batches: multi-patient resources come back from several batches.
     config.patient_batch_size = 4;
-    let stack = running_stack(
-        &dir.0.join("data"),
-        SourceSpec::Fhir {
-            base: fixture.base.clone(),
-            token: None,
-        },
-        config,
-        2,
-    )
-    .await;
+    let stack = running_stack(&dir.0.join("data"), fhir_source(&fixture.base), config, 2).await;
     run_matrix(&stack.base_url, &all, true).await;
 }
 
@@ -535,16 +526,7 @@ async fn a_group_of_1000_searches_by_batch_not_by_patient() {
     let fixture = FhirFixture::start(&src).await;
     let config = small_config();
     let batch = config.patient_batch_size;
-    let stack = running_stack(
-        &dir.0.join("data"),
-        SourceSpec::Fhir {
-            base: fixture.base.clone(),
-            token: None,
-        },
-        config,
-        2,
-    )
-    .await;
+    let stack = running_stack(&dir.0.join("data"), fhir_source(&fixture.base), config, 2).await;
     http()
         .post(format!(
             "{}/__stats/reset",

@@ -3,7 +3,6 @@
 //! links, `_typeFilter`, `_since`, and exact output.
 
 use crate::common::*;
-use bulk_export::stack::SourceSpec;
 use bulk_export_testkit::generate::generate;
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -53,10 +52,7 @@ async fn exports_from_a_real_fhir_server_exactly() {
     let fixture = FhirFixture::start(&src).await;
     let mut config = small_config();
     config.page_size = 200;
-    let source = SourceSpec::Fhir {
-        base: fixture.base.clone(),
-        token: None,
-    };
+    let source = fhir_source(&fixture.base);
     let stack = running_stack(&dir.0.join("data"), source, config, 3).await;
 
     // System level, all types the upstream's CapabilityStatement lists.
@@ -158,10 +154,7 @@ async fn erring_upstream(
     let src = dir.0.join("src");
     generate(&src, patients, 5).unwrap();
     let fixture = FhirFixture::start(&src).await;
-    let source = SourceSpec::Fhir {
-        base: fixture.base.clone(),
-        token: None,
-    };
+    let source = fhir_source(&fixture.base);
     let stack = running_stack(&dir.0.join("data"), source, small_config(), 2).await;
     (dir, fixture, stack)
 }

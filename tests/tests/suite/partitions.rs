@@ -4,7 +4,6 @@
 
 use crate::common::wrappers::{HookedStore, StoreCall, StoreHooks};
 use crate::common::*;
-use bulk_export::stack::SourceSpec;
 use bulk_export_core::ports::job_store::StoreError;
 use bulk_export_core::ports::services::ExportServices;
 use bulk_export_core::worker::step::run_step;
@@ -36,10 +35,7 @@ async fn partitioning_stack(
     config.max_partitions = 6;
     let stack = running_stack(
         &dir.0.join("data"),
-        SourceSpec::Fhir {
-            base: fixture.base_url().to_string(),
-            token: None,
-        },
+        fhir_source(fixture.base_url()),
         config,
         0,
     )

@@ -5,7 +5,6 @@
 //! authorizing proxy in front of the fixture FHIR server.
 
 use crate::common::*;
-use bulk_export::stack::SourceSpec;
 use bulk_export_core::adapters::fhir_server::upstream_auth::{ClientCredentials, UpstreamAuth};
 use bulk_export_core::adapters::fhir_server::{FhirServerSource, RetryPolicy};
 use bulk_export_core::ports::services::ExportServices;
@@ -199,10 +198,7 @@ async fn client_credentials_tokens_are_fetched_cached_and_renewed() {
     config.page_size = 50;
     let stack = running_stack(
         &dir.0.join("data"),
-        SourceSpec::Fhir {
-            base: fixture.base_url().to_string(),
-            token: None,
-        },
+        fhir_source(fixture.base_url()),
         config,
         0,
     )

@@ -5,7 +5,6 @@
 
 use crate::common::wrappers::{HookedObjects, ObjectCall, ObjectHooks};
 use crate::common::*;
-use bulk_export::stack::SourceSpec;
 use bulk_export_core::adapters::fhir_server::{FhirServerSource, RetryPolicy};
 use bulk_export_core::ports::object_store::ObjectError;
 use bulk_export_core::ports::services::ExportServices;
@@ -46,10 +45,7 @@ async fn run(
     let dir = TempDir::new("upstream");
     let mut config = small_config();
     config.page_size = 150;
-    let spec = SourceSpec::Fhir {
-        base: fixture.base_url().to_string(),
-        token: None,
-    };
+    let spec = fhir_source(fixture.base_url());
     let stack = running_stack(&dir.0, spec, config, 0).await;
     let source = FhirServerSource::new(fixture.base_url(), None, fast_retries()).unwrap();
     let svc = ExportServices {
@@ -279,10 +275,7 @@ async fn an_upstream_ignoring_a_compartment_parameter_leaks_no_other_patient() {
         ..FixtureOptions::default()
     };
     let fixture = start_fixture(&src, opts).await.unwrap();
-    let spec = SourceSpec::Fhir {
-        base: fixture.base_url().to_string(),
-        token: None,
-    };
+    let spec = fhir_source(fixture.base_url());
     let stack = running_stack(&dir.0.join("data"), spec, small_config(), 2).await;
     let status_url = kickoff_at(
         &stack.base_url,
@@ -377,10 +370,7 @@ async fn body_limit_case(note: usize, notes: usize, giant: usize, limit: Option<
     let fixture = start_fixture(&src, FixtureOptions::default())
         .await
         .unwrap();
-    let spec = SourceSpec::Fhir {
-        base: fixture.base_url().to_string(),
-        token: None,
-    };
+    let spec = fhir_source(fixture.base_url());
     let stack = running_stack(&dir.0.join("data"), spec, small_config(), 0).await;
     // Pages of tens of MB take longer than the fast policy's timeout in a
     // debug build.
@@ -440,10 +430,7 @@ async fn or_typefilters_stay_exact_when_the_upstream_caps_its_pages() {
         ..FixtureOptions::default()
     };
     let fixture = start_fixture(&src, opts).await.unwrap();
-    let spec = SourceSpec::Fhir {
-        base: fixture.base_url().to_string(),
-        token: None,
-    };
+    let spec = fhir_source(fixture.base_url());
     let stack = running_stack(&dir.0.join("data"), spec, small_config(), 2).await;
     let q = "_type=Observation&_typeFilter=Observation%3Fsubject%3DPatient/pt-1,Observation%3Fsubject%3DPatient/pt-1%2CPatient/pt-2";
     let manifest = wait_complete(&kickoff(&stack.base_url, q).await).await;
@@ -498,10 +485,7 @@ async fn a_failure_delivered_three_times_and_retried_writes_one_error_file() {
         ..FixtureOptions::default()
     };
     let fixture = start_fixture(&src, opts).await.unwrap();
-    let spec = SourceSpec::Fhir {
-        base: fixture.base_url().to_string(),
-        token: None,
-    };
+    let spec = fhir_source(fixture.base_url());
     let stack = running_stack(&dir.0.join("data"), spec, small_config(), 0).await;
     let puts = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let svc = ExportServices {
