@@ -119,6 +119,35 @@ pub fn fhir_source(base: &str) -> SourceSpec {
     }
 }
 
+/// `patients` generated patients (`seed`) behind a fixture FHIR server with
+/// `opts`, and a stack over it with no workers (the test delivers every
+/// step). The directory lives as long as the returned `TempDir`.
+pub async fn fixture_stack(
+    prefix: &str,
+    (patients, seed): (u64, u64),
+    opts: bulk_export_testkit::fixture_server::FixtureOptions,
+    config: ExportConfig,
+) -> (
+    TempDir,
+    bulk_export_testkit::fixture_server::FixtureHandle,
+    Stack,
+) {
+    let dir = TempDir::new(prefix);
+    let src = dir.0.join("src");
+    bulk_export_testkit::generate::generate(&src, patients, seed).unwrap();
+    let fixture = bulk_export_testkit::fixture_server::start_fixture(&src, opts)
+        .await
+        .unwrap();
+    let stack = running_stack(
+        &dir.0.join("data"),
+        fhir_source(fixture.base_url()),
+        config,
+        0,
+    )
+    .await;
+    (dir, fixture, stack)
+}
+
 /// A running stack with workers and an HTTP server.
 pub async fn running_stack(
     data_dir: &Path,

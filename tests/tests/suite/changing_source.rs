@@ -9,8 +9,7 @@
 use crate::common::*;
 use bulk_export_core::model::config::ExportConfig;
 use bulk_export_core::worker::step::run_step;
-use bulk_export_testkit::fixture_server::{FixtureHandle, FixtureOptions, start_fixture};
-use bulk_export_testkit::generate::generate;
+use bulk_export_testkit::fixture_server::{FixtureHandle, FixtureOptions};
 use std::collections::BTreeMap;
 
 /// Resources per page.
@@ -23,24 +22,13 @@ async fn rolling_stack(
     prefix: &str,
     opts: FixtureOptions,
 ) -> (TempDir, FixtureHandle, bulk_export::stack::Stack) {
-    let dir = TempDir::new(prefix);
-    let src = dir.0.join("src");
-    generate(&src, 1500, 5).unwrap();
-    let fixture = start_fixture(&src, opts).await.unwrap();
     let config = ExportConfig {
         max_file_size: 10 * 1024 * 1024 + 320 * 1024,
         page_size: PAGE,
         parts_per_invocation: 1,
         ..small_config()
     };
-    let stack = running_stack(
-        &dir.0.join("data"),
-        fhir_source(fixture.base_url()),
-        config,
-        0,
-    )
-    .await;
-    (dir, fixture, stack)
+    fixture_stack(prefix, (1500, 5), opts, config).await
 }
 
 /// The Observations the export wrote, per id.

@@ -7,8 +7,7 @@ use crate::common::*;
 use bulk_export_core::ports::job_store::StoreError;
 use bulk_export_core::ports::services::ExportServices;
 use bulk_export_core::worker::step::run_step;
-use bulk_export_testkit::fixture_server::{FixtureOptions, start_fixture};
-use bulk_export_testkit::generate::generate;
+use bulk_export_testkit::fixture_server::FixtureOptions;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,24 +22,11 @@ async fn partitioning_stack(
     bulk_export_testkit::fixture_server::FixtureHandle,
     bulk_export::stack::Stack,
 ) {
-    let dir = TempDir::new(prefix);
-    let src = dir.0.join("src");
-    generate(&src, 150, 21).unwrap();
-    let fixture = start_fixture(&src, FixtureOptions::default())
-        .await
-        .unwrap();
     let mut config = small_config();
     config.page_size = 400;
     config.partition_target = 1_200;
     config.max_partitions = 6;
-    let stack = running_stack(
-        &dir.0.join("data"),
-        fhir_source(fixture.base_url()),
-        config,
-        0,
-    )
-    .await;
-    (dir, fixture, stack)
+    fixture_stack(prefix, (150, 21), FixtureOptions::default(), config).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
