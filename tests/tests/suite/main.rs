@@ -14,6 +14,7 @@ mod failed_steps_and_secrets;
 mod fhir_source;
 mod hostile_input;
 mod lambda_events;
+mod lambda_lane;
 mod lost_replies;
 mod model_check;
 mod partitions;
