@@ -10,14 +10,19 @@ export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 
 step() { printf '\n==> %s\n' "$*"; }
 
-step "tools: moto[server] and cfn-lint from PyPI (in .venv-test)"
-if [ ! -x .venv-test/bin/moto_server ] || [ ! -x .venv-test/bin/cfn-lint ]; then
+step "tools: moto[server], cfn-lint and aws-sam-translator from PyPI (in .venv-test)"
+if [ ! -x .venv-test/bin/moto_server ] || [ ! -x .venv-test/bin/cfn-lint ] \
+  || ! .venv-test/bin/python -c 'import samtranslator' 2> /dev/null; then
   python3 -m venv .venv-test
-  .venv-test/bin/pip install --quiet --disable-pip-version-check 'moto[server]==5.2.5' 'cfn-lint==1.58.0'
+  .venv-test/bin/pip install --quiet --disable-pip-version-check 'moto[server]==5.2.5' 'cfn-lint==1.58.0' \
+    'aws-sam-translator==1.115.0'
 fi
 
 step "tools: the FHIR test upstream (@medplum/fhir-router from npm)"
 npm ci --prefix tests/fhir-fixture --no-audit --no-fund --loglevel=error
+
+step "tools: the Lambda lane's policy evaluator (@cloud-copilot/iam-simulate from npm)"
+npm ci --prefix tests/lambda-lane/iam --no-audit --no-fund --loglevel=error
 
 step "cargo fmt --check"
 cargo fmt --all --check
@@ -27,6 +32,11 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 
 step "cfn-lint template.yaml"
 .venv-test/bin/cfn-lint template.yaml
+
+# The Lambda lane runs these binaries as Lambda processes; built alone, they
+# get exactly the crates and features they deploy with.
+step "the five function binaries, built as they deploy"
+cargo build --locked -p kickoff -p status -p cancel -p chunk-worker -p watchdog
 
 step "tests, embedded lane (dynoxide + s3s-fs in process)"
 cargo test --workspace --locked -- --test-threads=2

@@ -10,7 +10,8 @@ use crate::ports::services::ReadSource;
 use serde_json::Value;
 use time::OffsetDateTime;
 
-/// Most member patients one export covers (the list lives in the job record).
+/// Most member patients one export covers (beyond 1,000 the list is stored
+/// beside the job item, see the DynamoDB adapter).
 pub const MAX_MEMBERS: usize = 20_000;
 /// Deepest Group nesting followed.
 const MAX_DEPTH: usize = 8;

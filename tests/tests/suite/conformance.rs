@@ -135,6 +135,7 @@ on_every_backend!(
     create_job_stores_the_job_and_its_chains_at_version_zero,
     create_job_over_an_existing_job_conflicts_and_keeps_it,
     create_job_stores_every_chain_of_a_large_group,
+    a_job_of_20000_members_round_trips_under_the_item_limit,
     set_job_status_with_a_stale_version_conflicts_and_changes_nothing,
     cancel_job_wins_once_and_fences_stale_writers,
     active_jobs_are_the_queued_running_and_unfinished_cancelled_ones,
@@ -370,6 +371,32 @@ async fn create_job_stores_every_chain_of_a_large_group(b: &Backend) {
             .all(|c| c.version == 0 && c.batch.as_ref().is_some_and(|b| b.len() == 100))
     );
     assert_eq!(stored_job(b, "j1").await.chains_remaining, 1_200);
+}
+
+async fn a_job_of_20000_members_round_trips_under_the_item_limit(b: &Backend) {
+    // 20,000 ids of FHIR's maximum length (64): ~1.3 MB of ids, more than
+    // three times DynamoDB's 400 KB item limit.
+    let ids: Vec<String> = (0..20_000).map(|i| format!("{i:064}")).collect();
+    let mut j = job("j1", JobStatus::Running);
+    j.scope = PatientScope::Members(ids.clone());
+    b.store.create_job(&j, &[chain("j1", "Observation.0")]).await.unwrap();
+    let stored = stored_job(b, "j1").await;
+    assert_eq!(stored.scope, PatientScope::Members(ids.clone()));
+    b.store
+        .set_job_status(&stored, JobStatus::Failed, Some("x".into()))
+        .await
+        .unwrap();
+    let failed = stored_job(b, "j1").await;
+    assert_eq!(failed.failure.as_deref(), Some("x"));
+    assert_eq!(failed.scope, PatientScope::Members(ids.clone()));
+    let mut queued = job("j2", JobStatus::Queued);
+    queued.scope = PatientScope::Members(ids.clone());
+    b.store.create_job(&queued, &[]).await.unwrap();
+    let active = b.store.active_jobs().await.unwrap();
+    let j2 = active.iter().find(|j| j.id == "j2").unwrap();
+    assert_eq!(j2.scope, PatientScope::Members(ids));
+    b.store.delete_job("j1").await.unwrap();
+    assert!(b.store.get_job("j1").await.unwrap().is_none());
 }
 
 async fn create_job_over_an_existing_job_conflicts_and_keeps_it(b: &Backend) {

@@ -17,6 +17,9 @@ use aws_sdk_dynamodb::types::{
     TransactWriteItem, Update,
 };
 use std::collections::HashMap;
+use std::sync::Arc;
+
+mod members;
 
 const JOB_SK: &str = "JOB";
 
@@ -32,6 +35,7 @@ const BATCH_WRITE_ATTEMPTS: u32 = 8;
 pub struct DynamoJobStore {
     client: Client,
     table: String,
+    members: Arc<members::MemberCache>,
 }
 
 fn pk(job_id: &str) -> AttributeValue {
@@ -182,6 +186,7 @@ impl DynamoJobStore {
         Self {
             client,
             table: table.into(),
+            members: Arc::default(),
         }
     }
 
@@ -307,19 +312,33 @@ impl DynamoJobStore {
 
     /// Writes a new job's chain items, 25 to a BatchWriteItem (DynamoDB's
     /// limit) and several batches at once, so a Group of many batches is
-    /// stored within an API Gateway request; items DynamoDB leaves
-    /// unprocessed (throttling) are sent again with a growing pause.
+    /// stored within an API Gateway request.
     async fn put_chains(&self, job: &Job, chains: &[Chain]) -> Result<(), StoreError> {
-        use futures::{StreamExt, TryStreamExt};
-        let requests = chains
+        let items = chains
             .iter()
             .map(|chain| {
+                Ok(HashMap::from([
+                    ("pk".to_string(), pk(&job.id)),
+                    ("sk".to_string(), chain_sk(&chain.chain_id)),
+                    ("doc".to_string(), s(encode(chain)?)),
+                    ("version".to_string(), n(0)),
+                    ("ttl".to_string(), n(job.expires_at)),
+                ]))
+            })
+            .collect::<Result<Vec<Item>, StoreError>>()?;
+        self.put_items(items).await
+    }
+
+    /// Puts items with BatchWriteItem, 25 to a request and several requests
+    /// at once; items DynamoDB leaves unprocessed (throttling) are sent
+    /// again with a growing pause.
+    async fn put_items(&self, items: Vec<Item>) -> Result<(), StoreError> {
+        use futures::{StreamExt, TryStreamExt};
+        let requests = items
+            .into_iter()
+            .map(|item| {
                 let put = aws_sdk_dynamodb::types::PutRequest::builder()
-                    .item("pk", pk(&job.id))
-                    .item("sk", chain_sk(&chain.chain_id))
-                    .item("doc", s(encode(chain)?))
-                    .item("version", n(0))
-                    .item("ttl", n(job.expires_at))
+                    .set_item(Some(item))
                     .build()
                     .map_err(backend)?;
                 Ok(aws_sdk_dynamodb::types::WriteRequest::builder()
@@ -333,6 +352,26 @@ impl DynamoJobStore {
             .try_collect::<Vec<()>>()
             .await?;
         Ok(())
+    }
+
+    /// A job from its item, with members stored beside it joined back in.
+    async fn job_from_item(&self, item: &Item) -> Result<Job, StoreError> {
+        let mut job = decode_job(item)?;
+        let count = members::item_count(item);
+        if count == 0 {
+            return Ok(job);
+        }
+        let ids = match self.members.get(&job.id) {
+            Some(ids) => ids,
+            None => {
+                let items = self.query_prefix(&job.id, members::MEMBERS_PREFIX).await?;
+                let ids = Arc::new(members::join(&items, count)?);
+                self.members.put(&job.id, ids.clone());
+                ids
+            }
+        };
+        job.scope = crate::model::PatientScope::Members(ids.to_vec());
+        Ok(job)
     }
 
     /// One BatchWriteItem, sent again for what DynamoDB left unprocessed.
@@ -388,11 +427,10 @@ impl DynamoJobStore {
 #[async_trait]
 impl JobReads for DynamoJobStore {
     async fn get_job(&self, job_id: &str) -> Result<Option<Job>, StoreError> {
-        self.get_item(pk(job_id), s(JOB_SK))
-            .await?
-            .as_ref()
-            .map(decode_job)
-            .transpose()
+        match self.get_item(pk(job_id), s(JOB_SK)).await? {
+            Some(item) => Ok(Some(self.job_from_item(&item).await?)),
+            None => Ok(None),
+        }
     }
 
     async fn active_jobs(&self) -> Result<Vec<Job>, StoreError> {
@@ -418,7 +456,11 @@ impl JobReads for DynamoJobStore {
             Ok((resp.items.unwrap_or_default(), resp.last_evaluated_key))
         })
         .await?;
-        items.iter().map(decode_job).collect()
+        let mut jobs = Vec::with_capacity(items.len());
+        for item in &items {
+            jobs.push(self.job_from_item(item).await?);
+        }
+        Ok(jobs)
     }
 
     async fn get_chain(&self, job_id: &str, chain_id: &str) -> Result<Option<Chain>, StoreError> {
@@ -441,8 +483,15 @@ impl JobReads for DynamoJobStore {
 #[async_trait]
 impl JobWrites for DynamoJobStore {
     async fn create_job(&self, job: &Job, chains: &[Chain]) -> Result<(), StoreError> {
-        // Chains first: a job item only exists once all its chains do.
+        // Chains and members first: a job item only exists once they do.
         self.put_chains(job, chains).await?;
+        let (stored, spilled) = members::split(job);
+        let member_items = match spilled {
+            Some(ids) => members::items(job, ids)?,
+            None => Vec::new(),
+        };
+        let member_count = member_items.len();
+        self.put_items(member_items).await?;
         let token = write_token();
         let put = self
             .client
@@ -450,13 +499,19 @@ impl JobWrites for DynamoJobStore {
             .table_name(&self.table)
             .item("pk", pk(&job.id))
             .item("sk", s(JOB_SK))
-            .item("doc", s(encode(job)?))
+            .item("doc", s(encode(&stored)?))
             .item("status", s(job.status.as_str()))
             .item("version", n(0))
             .item("remaining", n(chains.len()))
             .item("owner", s(&job.owner))
             .item("ttl", n(job.expires_at))
-            .item("writer", s(&token))
+            .item("writer", s(&token));
+        let put = if member_count > 0 {
+            put.item(members::MEMBER_ITEMS_ATTR, n(member_count))
+        } else {
+            put
+        };
+        let put = put
             .condition_expression("attribute_not_exists(pk)")
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .send()
@@ -479,7 +534,8 @@ impl JobWrites for DynamoJobStore {
         status: JobStatus,
         failure: Option<String>,
     ) -> Result<(), StoreError> {
-        let mut doc = job.clone();
+        // Members stored beside the job item are never written again.
+        let (mut doc, _) = members::split(job);
         doc.failure = failure;
         let token = write_token();
         let resp = self
