@@ -23,9 +23,10 @@ async fn serve_one(
     req: http::Request<Incoming>,
 ) -> http::Response<Full<Bytes>> {
     let (parts, body) = req.into_parts();
-    // The CapabilityStatement is public, as on API Gateway; everything else
-    // (kick-off, status, cancel) needs the authenticator's approval.
-    let public = parts.method == http::Method::GET && parts.uri.path().ends_with("/metadata");
+    // The CapabilityStatement and signed download links are public, as on
+    // API Gateway; everything else (kick-off, status, cancel, `$export-file`)
+    // needs the authenticator's approval.
+    let public = bulk_export_core::api::is_public_request(&svc, &parts.method, parts.uri.path());
     let caller = if public {
         Ok(Caller {
             client_id: String::new(),

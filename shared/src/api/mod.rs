@@ -9,7 +9,7 @@ pub mod status;
 
 use crate::api::cancel::cancel;
 use crate::api::capability::capability_statement;
-use crate::api::download::download;
+use crate::api::download::{download, download_signed};
 use crate::api::kickoff::kickoff;
 use crate::api::status::status;
 use crate::fhir::ids::is_fhir_id;
@@ -31,6 +31,16 @@ pub enum Route {
     Status(String),
     /// `[base]/$export-file/<job>/<file>` (`requiresAccessToken` mode)
     File(String, String),
+    /// `[base]/$export-download/<job>/<file>`: a compact signed link
+    SignedFile(String, String),
+}
+
+impl Route {
+    /// Routes answered without a bearer token: the CapabilityStatement and
+    /// signed links (their signature is the credential).
+    pub fn is_public(&self) -> bool {
+        matches!(self, Route::Metadata | Route::SignedFile(..))
+    }
 }
 
 /// Resolves the path below the base path (already percent-decoded).
@@ -52,8 +62,23 @@ pub fn route(rel: &str) -> Result<Route, ApiError> {
         }
         ["$export-status", id] => Ok(Route::Status((*id).to_string())),
         ["$export-file", id, name] => Ok(Route::File((*id).to_string(), (*name).to_string())),
+        ["$export-download", id, name] => {
+            Ok(Route::SignedFile((*id).to_string(), (*name).to_string()))
+        }
         _ => Err(ApiError::NotFound(format!("no route for {}", quote(rel)))),
     }
+}
+
+/// Whether a GET of `raw_path` (not yet decoded) is a public route, so the
+/// HTTP layers may serve it without a caller.
+pub fn is_public_request(svc: &impl Settings, method: &Method, raw_path: &str) -> bool {
+    let Ok(decoded) = percent_encoding::percent_decode_str(raw_path).decode_utf8() else {
+        return false;
+    };
+    *method == Method::GET
+        && relative_path(svc, &decoded)
+            .and_then(|rel| route(rel).ok())
+            .is_some_and(|r| r.is_public())
 }
 
 fn relative_path<'a>(svc: &impl Settings, path: &'a str) -> Option<&'a str> {
@@ -134,6 +159,12 @@ async fn dispatch(
                 return Err(ApiError::MethodNotAllowed { allow: "GET" });
             }
             download(svc, caller, &id, &name).await
+        }
+        Route::SignedFile(id, name) => {
+            if method != Method::GET {
+                return Err(ApiError::MethodNotAllowed { allow: "GET" });
+            }
+            download_signed(svc, &id, &name, req.uri().query()).await
         }
         Route::Status(id) => match *method {
             Method::GET => status(svc, caller, &id).await,

@@ -1,6 +1,8 @@
 //! The completion manifest, built from stored file records at request time
-//! with freshly presigned download URLs.
+//! with freshly presigned download URLs, or compact signed links when there
+//! are too many files for presigned URLs to fit a Lambda response.
 
+use crate::export::file_links::signed_link;
 use crate::model::{FileKind, FileRecord, Job};
 use crate::ports::object_store::ObjectError;
 use crate::ports::services::{RecordFiles, Settings, StoreObjects};
@@ -20,9 +22,22 @@ pub async fn build_manifest(
     files.sort_by(|a, b| (&a.resource_type, a.number).cmp(&(&b.resource_type, b.number)));
     let mut output = Vec::new();
     let mut error = Vec::new();
+    let compact = files.len() > svc.config().presigned_files_max && !job.download_key.is_empty();
+    let expires =
+        time::OffsetDateTime::now_utc().unix_timestamp() + svc.config().url_ttl.as_secs() as i64;
     for f in &files {
         let url = if svc.config().requires_access_token {
             file_url(svc.config().base(), &job.id, f)
+        } else if compact {
+            let name = crate::model::file_name(&f.resource_type, f.number);
+            signed_link(
+                svc.config().base(),
+                &job.id,
+                &job.download_key,
+                &name,
+                expires,
+            )
+            .ok_or_else(|| ObjectError::Backend("cannot sign a download link".into()))?
         } else {
             svc.objects()
                 .presign_get(&f.key, svc.config().url_ttl)

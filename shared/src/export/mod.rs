@@ -2,6 +2,7 @@
 //! Group members, starting and scheduling exports, building the manifest.
 
 pub mod admission;
+pub mod file_links;
 pub mod group;
 pub mod manifest;
 pub mod request;

@@ -212,6 +212,7 @@ pub async fn start_export(
         scope,
         schedule,
         referenced_types,
+        download_key: format!("{:032x}", rand::random::<u128>()),
         status: if chains.is_empty() {
             JobStatus::Complete
         } else if admission == Admission::Queue {

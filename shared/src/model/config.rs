@@ -58,6 +58,10 @@ pub struct ExportConfig {
     pub max_body_bytes: usize,
     /// Longest accepted request URL.
     pub max_url_bytes: usize,
+    /// Manifests of more files than this list compact signed links
+    /// (`$export-download`, ~200 bytes) instead of ~1.5 KB presigned URLs,
+    /// so they fit Lambda's 6 MB response.
+    pub presigned_files_max: usize,
 }
 
 impl Default for ExportConfig {
@@ -83,6 +87,7 @@ impl Default for ExportConfig {
             parts_per_invocation: 8,
             max_body_bytes: 1024 * 1024,
             max_url_bytes: 8 * 1024,
+            presigned_files_max: 1_000,
         }
     }
 }
@@ -172,6 +177,9 @@ impl ExportConfig {
         }
         if let Some(v) = env_num(get, "BULK_EXPORT_PARTS_PER_INVOCATION")? {
             c.parts_per_invocation = v;
+        }
+        if let Some(v) = env_num(get, "BULK_EXPORT_PRESIGNED_FILES_MAX")? {
+            c.presigned_files_max = v;
         }
         c.validate()?;
         Ok(c)

@@ -85,6 +85,10 @@ pub struct Job {
     /// resources (Patient- and Group-level exports), in a second phase.
     #[serde(default)]
     pub referenced_types: Vec<String>,
+    /// Secret (128-bit, hex) that signs this job's compact download links;
+    /// never leaves the job store. Empty for jobs created before it existed.
+    #[serde(default)]
+    pub download_key: String,
     /// Status (authoritative copy is a top-level attribute).
     #[serde(skip, default = "default_status")]
     pub status: JobStatus,

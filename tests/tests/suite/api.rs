@@ -528,3 +528,95 @@ async fn metadata_declares_the_export_operations() {
         assert_eq!(r["operation"][0]["name"], "export");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_manifests_list_compact_signed_links_that_redirect_until_they_expire() {
+    let dir = TempDir::new("links");
+    let src = dir.0.join("src");
+    bulk_export_testkit::generate::generate(&src, 30, 4).unwrap();
+    let mut config = small_config();
+    // Every manifest is "large" here.
+    config.presigned_files_max = 0;
+    let stack = running_stack(
+        &dir.0.join("data"),
+        bulk_export::stack::SourceSpec::Ndjson(src.clone()),
+        config,
+        2,
+    )
+    .await;
+    let manifest = wait_complete(&kickoff(&stack.base_url, "").await).await;
+    let urls: Vec<String> = manifest["output"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["url"].as_str().unwrap().to_string())
+        .collect();
+    assert!(urls.len() > 3);
+    let prefix = format!("{}/$export-download/", stack.base_url);
+    for url in &urls {
+        assert!(url.starts_with(&prefix), "{url}");
+        assert!(url.len() < 200, "compact: {url}");
+    }
+    // Followed without a token, the links give exactly the source.
+    let files = download_outputs(&manifest).await;
+    assert_eq!(
+        multiset(files.iter().map(|(_, _, b)| b.as_slice())),
+        source_multiset(&src, false)
+    );
+    // The redirect itself: 302 to a presigned URL, not cached.
+    let no_follow = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let resp = no_follow.get(&urls[0]).send().await.unwrap();
+    assert_eq!(resp.status(), 302);
+    assert_eq!(resp.headers()["cache-control"], "no-store");
+    // Tampering with any part refuses alike, without saying why.
+    let sig_at = urls[0].rfind("signature=").unwrap() + "signature=".len();
+    let mut flipped = urls[0].clone();
+    let c = if &flipped[sig_at..sig_at + 1] == "0" {
+        "1"
+    } else {
+        "0"
+    };
+    flipped.replace_range(sig_at..sig_at + 1, c);
+    let expires: i64 = urls[0]
+        .split("expires=")
+        .nth(1)
+        .unwrap()
+        .split('&')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let cases = [
+        ("signature", flipped),
+        (
+            "expiry moved",
+            urls[0].replace(
+                &format!("expires={expires}"),
+                &format!("expires={}", expires + 3600),
+            ),
+        ),
+        ("other file", urls[0].replace(".ndjson?", "x.ndjson?")),
+        (
+            "no signature",
+            urls[0][..urls[0].find('?').unwrap()].to_string(),
+        ),
+        ("other job", urls[0].replace(&prefix, &format!("{prefix}0"))),
+        (
+            "unknown job",
+            format!(
+                "{prefix}00000000000000000000000000000000/Patient.000.ndjson?expires={expires}&signature={}",
+                &urls[0][sig_at..]
+            ),
+        ),
+    ];
+    for (name, url) in cases {
+        let resp = no_follow.get(&url).send().await.unwrap();
+        let status = resp.status().as_u16();
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(status, 403, "{name}: {url} {body}");
+        assert_eq!(body["resourceType"], "OperationOutcome", "{name}");
+    }
+}

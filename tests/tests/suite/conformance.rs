@@ -190,6 +190,7 @@ fn job(id: &str, status: JobStatus) -> Job {
         scope: PatientScope::None,
         schedule: None,
         referenced_types: Vec::new(),
+        download_key: String::new(),
         status,
         version: 0,
         chains_remaining: 0,
@@ -379,7 +380,10 @@ async fn a_job_of_20000_members_round_trips_under_the_item_limit(b: &Backend) {
     let ids: Vec<String> = (0..20_000).map(|i| format!("{i:064}")).collect();
     let mut j = job("j1", JobStatus::Running);
     j.scope = PatientScope::Members(ids.clone());
-    b.store.create_job(&j, &[chain("j1", "Observation.0")]).await.unwrap();
+    b.store
+        .create_job(&j, &[chain("j1", "Observation.0")])
+        .await
+        .unwrap();
     let stored = stored_job(b, "j1").await;
     assert_eq!(stored.scope, PatientScope::Members(ids.clone()));
     b.store

@@ -38,8 +38,8 @@ pub fn items(job: &Job, ids: &[String]) -> Result<Vec<Item>, StoreError> {
     ids.chunks(MEMBERS_PER_ITEM)
         .enumerate()
         .map(|(i, chunk)| {
-            let json = serde_json::to_string(chunk)
-                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            let json =
+                serde_json::to_string(chunk).map_err(|e| StoreError::Corrupt(e.to_string()))?;
             Ok(HashMap::from([
                 ("pk".to_string(), pk(&job.id)),
                 ("sk".to_string(), s(format!("{MEMBERS_PREFIX}{i:04}"))),

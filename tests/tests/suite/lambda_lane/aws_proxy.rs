@@ -81,10 +81,16 @@ fn dynamodb_call(op: &str, body: &Value) -> Call {
     let table = body["TableName"].as_str().unwrap_or("");
     match op {
         "BatchWriteItem" | "BatchGetItem" => {
-            let items = body["RequestItems"].as_object().cloned().unwrap_or_default();
+            let items = body["RequestItems"]
+                .as_object()
+                .cloned()
+                .unwrap_or_default();
             let n: usize = items
                 .values()
-                .map(|v| v.as_array().map_or_else(|| v["Keys"].as_array().map_or(0, Vec::len), Vec::len))
+                .map(|v| {
+                    v.as_array()
+                        .map_or_else(|| v["Keys"].as_array().map_or(0, Vec::len), Vec::len)
+                })
                 .sum();
             let max = if op == "BatchWriteItem" { 25 } else { 100 };
             if n > max {
@@ -99,7 +105,10 @@ fn dynamodb_call(op: &str, body: &Value) -> Call {
         "TransactWriteItems" | "TransactGetItems" => {
             // Transactions have no IAM action of their own: each item is
             // authorized as the single-item action it performs.
-            let items = body["TransactItems"].as_array().cloned().unwrap_or_default();
+            let items = body["TransactItems"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
             if items.len() > 100 {
                 limit = Some(format!(
                     "Member must have length less than or equal to 100 (got {})",
@@ -148,7 +157,10 @@ fn json_service_call(target: &str, body: &Value) -> Option<Call> {
         "AmazonSSM" => {
             let name = body["Name"].as_str().unwrap_or("");
             let name = name.strip_prefix('/').unwrap_or(name);
-            ("ssm", format!("arn:aws:ssm:{REGION}:{ACCOUNT}:parameter/{name}"))
+            (
+                "ssm",
+                format!("arn:aws:ssm:{REGION}:{ACCOUNT}:parameter/{name}"),
+            )
         }
         "TrentService" => ("kms", body["KeyId"].as_str().unwrap_or("*").to_string()),
         _ => return None,
@@ -274,7 +286,11 @@ impl Proxy {
     async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
         let (parts, body) = req.into_parts();
         let Ok(body) = Limited::new(body, 128 * 1024 * 1024).collect().await else {
-            return respond(StatusCode::PAYLOAD_TOO_LARGE, "text/plain", "too large".into());
+            return respond(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "text/plain",
+                "too large".into(),
+            );
         };
         let body = body.to_bytes();
         let path = parts.uri.path().to_string();
@@ -293,7 +309,11 @@ impl Proxy {
                 match json_service_call(t, &json) {
                     Some(c) => c,
                     None => {
-                        return respond(StatusCode::BAD_REQUEST, "text/plain", format!("lane: unknown target {t}"));
+                        return respond(
+                            StatusCode::BAD_REQUEST,
+                            "text/plain",
+                            format!("lane: unknown target {t}"),
+                        );
                     }
                 }
             }
@@ -332,7 +352,11 @@ impl Proxy {
             );
         };
         let role = self.function.role_arn();
-        if !self.iam.allows(&role, "lambda:InvokeFunction", &target.arn).await {
+        if !self
+            .iam
+            .allows(&role, "lambda:InvokeFunction", &target.arn)
+            .await
+        {
             return denied(Service::Lambda, &role, "lambda:InvokeFunction", &target.arn);
         }
         let kind = headers
@@ -360,7 +384,11 @@ impl Proxy {
         let resp = match req.body(body).send().await {
             Ok(r) => r,
             Err(e) => {
-                return respond(StatusCode::BAD_GATEWAY, "text/plain", format!("lane proxy: {e}"));
+                return respond(
+                    StatusCode::BAD_GATEWAY,
+                    "text/plain",
+                    format!("lane proxy: {e}"),
+                );
             }
         };
         let mut out = Response::builder().status(resp.status());

@@ -91,7 +91,9 @@ async fn exports_complete_through_the_function_processes() {
     let dir = TempDir::new("lane-src");
     let src = dir.0.join("src");
     generate(&src, 400, 17).unwrap();
-    let fixture = start_fixture(&src, FixtureOptions::default()).await.unwrap();
+    let fixture = start_fixture(&src, FixtureOptions::default())
+        .await
+        .unwrap();
     let lane = Lane::start(LaneOptions::new(fixture.base_url().to_string())).await;
     let client = Client {
         http: reqwest::Client::new(),
@@ -137,11 +139,22 @@ async fn exports_complete_through_the_function_processes() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 202, "{}", resp.text().await.unwrap());
-    let resp = client.http.get(&status).bearer_auth(&client.token).send().await.unwrap();
+    let resp = client
+        .http
+        .get(&status)
+        .bearer_auth(&client.token)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 404);
 
     // The API Gateway authorizer refuses a request without a token.
-    let resp = client.http.get(format!("{}/$export", lane.url)).send().await.unwrap();
+    let resp = client
+        .http
+        .get(format!("{}/$export", lane.url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 401);
 
     let stats = &lane.lambda.stats;

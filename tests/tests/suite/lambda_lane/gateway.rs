@@ -63,7 +63,10 @@ fn matches(pattern: &str, path: &str) -> Option<Map<String, Value>> {
             if a.is_empty() {
                 return None;
             }
-            params.insert(name.to_string(), Value::String(super::aws_proxy::percent_decode(a)));
+            params.insert(
+                name.to_string(),
+                Value::String(super::aws_proxy::percent_decode(a)),
+            );
         } else if p != &a {
             return None;
         }
@@ -137,7 +140,11 @@ fn event(
             }
         }
     }
-    let host = headers.get("host").and_then(Value::as_str).unwrap_or("").to_string();
+    let host = headers
+        .get("host")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
     let route_key = format!("{} {}", route.method, route.path);
     let text = std::str::from_utf8(body).ok();
     let (body_value, b64) = match text {
@@ -202,7 +209,10 @@ fn http_response(out: &[u8]) -> Response<Body> {
     let mut r = Response::builder().status(status as u16);
     if let Some(h) = v["headers"].as_object() {
         for (k, val) in h {
-            r = r.header(k, val.as_str().map_or_else(|| val.to_string(), str::to_string));
+            r = r.header(
+                k,
+                val.as_str().map_or_else(|| val.to_string(), str::to_string),
+            );
         }
     }
     if let Some(c) = v["cookies"].as_array() {

@@ -61,7 +61,8 @@ impl Iam {
     pub async fn start(stack: &TranslatedStack, bucket: &str) -> Self {
         let dir = repo_root().join("tests/lambda-lane/iam");
         assert!(
-            dir.join("node_modules/@cloud-copilot/iam-simulate").exists(),
+            dir.join("node_modules/@cloud-copilot/iam-simulate")
+                .exists(),
             "the policy evaluator is missing: run ./scripts/test.sh (npm ci --prefix tests/lambda-lane/iam)"
         );
         let mut child = tokio::process::Command::new("node")
@@ -78,7 +79,10 @@ impl Iam {
         let mut docs = serde_json::Map::new();
         for f in stack.functions.values() {
             docs.insert(f.role_arn(), Value::Array(f.statements.clone()));
-            roles.insert(f.role_arn(), (f.name.clone(), granted_actions(&f.statements)));
+            roles.insert(
+                f.role_arn(),
+                (f.name.clone(), granted_actions(&f.statements)),
+            );
         }
         let mut policies = serde_json::Map::new();
         if let Some(p) = &stack.bucket_policy {
@@ -164,7 +168,9 @@ impl Iam {
                 .collect();
             let unused: Vec<&String> = granted.iter().filter(|a| !used.contains(a)).collect();
             if !unused.is_empty() {
-                out.push_str(&format!("  {f}: granted, not called in this run: {unused:?}\n"));
+                out.push_str(&format!(
+                    "  {f}: granted, not called in this run: {unused:?}\n"
+                ));
             }
         }
         let denied = self.denied.lock().unwrap();

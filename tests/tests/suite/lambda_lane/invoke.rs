@@ -108,7 +108,12 @@ impl LambdaService {
     }
 
     /// The Invoke API, after the caller's `lambda:InvokeFunction` was allowed.
-    pub async fn invoke_api(self: &Arc<Self>, name: &str, kind: &str, payload: Bytes) -> Response<Body> {
+    pub async fn invoke_api(
+        self: &Arc<Self>,
+        name: &str,
+        kind: &str,
+        payload: Bytes,
+    ) -> Response<Body> {
         let pool = self.pools[name].clone();
         match kind {
             "Event" => {
@@ -125,10 +130,17 @@ impl LambdaService {
                     return too_large(MAX_SYNC_PAYLOAD, "Invoke");
                 }
                 match pool.invoke(payload).await {
-                    Ok(body) => respond(StatusCode::OK, &[("x-amz-executed-version", "$LATEST")], body),
+                    Ok(body) => respond(
+                        StatusCode::OK,
+                        &[("x-amz-executed-version", "$LATEST")],
+                        body,
+                    ),
                     Err(e) => respond(
                         StatusCode::OK,
-                        &[("x-amz-function-error", "Unhandled"), ("x-amz-executed-version", "$LATEST")],
+                        &[
+                            ("x-amz-function-error", "Unhandled"),
+                            ("x-amz-executed-version", "$LATEST"),
+                        ],
                         error_payload(&e),
                     ),
                 }
@@ -176,8 +188,16 @@ impl LambdaService {
         }
     }
 
-    async fn to_destinations(&self, spec: &FunctionSpec, payload: &Bytes, error: &InvokeError, attempts: u32) {
-        self.stats.sent_to_destination.fetch_add(1, Ordering::SeqCst);
+    async fn to_destinations(
+        &self,
+        spec: &FunctionSpec,
+        payload: &Bytes,
+        error: &InvokeError,
+        attempts: u32,
+    ) {
+        self.stats
+            .sent_to_destination
+            .fetch_add(1, Ordering::SeqCst);
         let request: serde_json::Value = serde_json::from_slice(payload).unwrap_or_default();
         let response: serde_json::Value =
             serde_json::from_slice(&error_payload(error)).unwrap_or_default();
@@ -203,7 +223,11 @@ impl LambdaService {
         }
         for (arn, body) in sends {
             // Lambda sends with the function's execution role.
-            if !self.iam.allows(&spec.role_arn(), "sqs:SendMessage", &arn).await {
+            if !self
+                .iam
+                .allows(&spec.role_arn(), "sqs:SendMessage", &arn)
+                .await
+            {
                 continue;
             }
             let Some(url) = self.queues.get(&arn) else {
@@ -227,7 +251,9 @@ fn error_payload(e: &InvokeError) -> Bytes {
         InvokeError::Timeout => ("Sandbox.Timedout", "Task timed out".to_string()),
         InvokeError::ResponseTooLarge(n) => (
             "Function.ResponseSizeTooLarge",
-            format!("Response payload size ({n} bytes) exceeded maximum allowed payload size (6291556 bytes)."),
+            format!(
+                "Response payload size ({n} bytes) exceeded maximum allowed payload size (6291556 bytes)."
+            ),
         ),
     };
     Bytes::from(serde_json::json!({"errorType": kind, "errorMessage": message}).to_string())

@@ -156,7 +156,12 @@ impl Lane {
             .queue_url
             .unwrap();
         let kms_key = if opts.kms {
-            let k = moto_call(&backends.moto, "TrentService.CreateKey", serde_json::json!({})).await;
+            let k = moto_call(
+                &backends.moto,
+                "TrentService.CreateKey",
+                serde_json::json!({}),
+            )
+            .await;
             Some(k["KeyMetadata"]["Arn"].as_str().unwrap().to_string())
         } else {
             None
@@ -177,7 +182,10 @@ impl Lane {
         let (gw_listener, url) = listener();
         let mut parameters = BTreeMap::from([
             ("UpstreamFhirBaseUrl".to_string(), opts.source.clone()),
-            ("JwtIssuer".to_string(), "https://issuer.lane.example".to_string()),
+            (
+                "JwtIssuer".to_string(),
+                "https://issuer.lane.example".to_string(),
+            ),
             ("JwtAudience".to_string(), "bulk-export-lane".to_string()),
             // The lane's API has no TLS and no custom domain: its address is
             // the public base URL.
@@ -305,8 +313,8 @@ impl Lane {
     }
 
     pub fn log_tail(&self, binary: &str) -> String {
-        let text = std::fs::read_to_string(self.log_dir.join(format!("{binary}.log")))
-            .unwrap_or_default();
+        let text =
+            std::fs::read_to_string(self.log_dir.join(format!("{binary}.log"))).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(30)..].join("\n")
     }

@@ -292,7 +292,11 @@ async fn serve_runtime_api(listener: tokio::net::TcpListener, pool: Arc<Function
     }
 }
 
-async fn runtime_route(pool: &Arc<FunctionPool>, id: u64, req: Request<Incoming>) -> Response<Body> {
+async fn runtime_route(
+    pool: &Arc<FunctionPool>,
+    id: u64,
+    req: Request<Incoming>,
+) -> Response<Body> {
     let path = req.uri().path().to_string();
     let rest = path.strip_prefix("/2018-06-01/runtime/").unwrap_or("");
     if rest == "invocation/next" {
@@ -317,7 +321,10 @@ async fn runtime_route(pool: &Arc<FunctionPool>, id: u64, req: Request<Incoming>
         .and_then(|v| v.to_str().ok())
         .unwrap_or("Unhandled")
         .to_string();
-    let body = match Limited::new(req.into_body(), MAX_SYNC_RESPONSE + 1).collect().await {
+    let body = match Limited::new(req.into_body(), MAX_SYNC_RESPONSE + 1)
+        .collect()
+        .await
+    {
         Ok(b) => b.to_bytes(),
         Err(_) => Bytes::new(),
     };
@@ -334,7 +341,10 @@ async fn runtime_route(pool: &Arc<FunctionPool>, id: u64, req: Request<Incoming>
     };
     let too_large = matches!(result, Err(InvokeError::ResponseTooLarge(_)));
     if !pool.finish(id, request, result) {
-        return reply(StatusCode::BAD_REQUEST, r#"{"errorMessage":"invalid request id"}"#);
+        return reply(
+            StatusCode::BAD_REQUEST,
+            r#"{"errorMessage":"invalid request id"}"#,
+        );
     }
     if too_large {
         return reply(
@@ -347,7 +357,10 @@ async fn runtime_route(pool: &Arc<FunctionPool>, id: u64, req: Request<Incoming>
 
 async fn next_invocation(pool: &Arc<FunctionPool>, id: u64) -> Response<Body> {
     let Some(inv) = pool.next(id).await else {
-        return reply(StatusCode::INTERNAL_SERVER_ERROR, r#"{"errorMessage":"closed"}"#);
+        return reply(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            r#"{"errorMessage":"closed"}"#,
+        );
     };
     let deadline = now_ms() + pool.spec.timeout_seconds * 1000;
     {
@@ -360,7 +373,10 @@ async fn next_invocation(pool: &Arc<FunctionPool>, id: u64) -> Response<Body> {
                 // The process died between taking and receiving it.
                 pool.pending.fetch_add(1, Ordering::SeqCst);
                 let _ = pool.queue_tx.send(inv);
-                return reply(StatusCode::INTERNAL_SERVER_ERROR, r#"{"errorMessage":"gone"}"#);
+                return reply(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    r#"{"errorMessage":"gone"}"#,
+                );
             }
         }
     }
