@@ -11,7 +11,7 @@ use crate::api::status::load_visible_job;
 use crate::export::file_links::verify;
 use crate::fhir::outcome::ApiError;
 use crate::model::{Caller, Job};
-use crate::model::{JobStatus, file_name};
+use crate::model::{JobStatus, parse_file_name};
 use crate::ports::services::{ReadJobs, RecordFiles, Settings, StoreObjects};
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
@@ -66,10 +66,11 @@ async fn redirect(
     if job.status != JobStatus::Complete {
         return Err(not_found());
     }
-    let files = svc.files().list_files(&job.id).await?;
-    let file = files
-        .iter()
-        .find(|f| file_name(&f.resource_type, f.number) == name)
+    let (ty, number) = parse_file_name(name).ok_or_else(not_found)?;
+    let file = svc
+        .files()
+        .get_file(&job.id, ty, number)
+        .await?
         .ok_or_else(not_found)?;
     let url = svc
         .objects()

@@ -322,6 +322,13 @@ pub fn file_name(resource_type: &str, number: u32) -> String {
     format!("{resource_type}-{number}.ndjson")
 }
 
+/// The (type, number) a [`file_name`] names; `None` for anything else.
+pub fn parse_file_name(name: &str) -> Option<(&str, u32)> {
+    let (ty, number) = name.strip_suffix(".ndjson")?.rsplit_once('-')?;
+    let n: u32 = number.parse().ok()?;
+    (!ty.is_empty() && file_name(ty, n) == name).then_some((ty, n))
+}
+
 impl Chain {
     /// The event that runs this chain's current step.
     pub fn event(&self) -> StepEvent {
@@ -379,5 +386,28 @@ pub fn new_chain(job_id: &str, chain_id: &str, resource_type: &str) -> Chain {
         referenced: false,
         failure: None,
         version: 0,
+    }
+}
+
+#[cfg(test)]
+mod file_name_tests {
+    use super::*;
+
+    #[test]
+    fn file_names_parse_back_and_nothing_else_does() {
+        assert_eq!(
+            parse_file_name(&file_name("Observation", 12)),
+            Some(("Observation", 12))
+        );
+        for bad in [
+            "Observation-012.ndjson",
+            "Observation-1.json",
+            "Observation.ndjson",
+            "-1.ndjson",
+            "x-+1.ndjson",
+            "x-1.ndjson/..",
+        ] {
+            assert_eq!(parse_file_name(bad), None, "{bad}");
+        }
     }
 }

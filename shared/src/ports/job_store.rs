@@ -96,6 +96,13 @@ pub trait FileRecords: Send + Sync {
     async fn put_file(&self, job_id: &str, file: &FileRecord) -> Result<(), StoreError>;
     /// Every completed file of a job.
     async fn list_files(&self, job_id: &str) -> Result<Vec<FileRecord>, StoreError>;
+    /// One completed file of a job (a download reads one record, not all).
+    async fn get_file(
+        &self,
+        job_id: &str,
+        resource_type: &str,
+        number: u32,
+    ) -> Result<Option<FileRecord>, StoreError>;
     /// Atomically allocates the next file number (from 1) for a type; the
     /// counter expires with the job (`expires_at`, Unix seconds).
     async fn next_file_number(

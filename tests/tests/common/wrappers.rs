@@ -202,6 +202,9 @@ impl<H: StoreHooks> FileRecords for HookedStore<H> {
     async fn list_files(&self, job_id: &str) -> Result<Vec<FileRecord>, StoreError> {
         self.inner.list_files(job_id).await
     }
+    async fn get_file(&self, j: &str, t: &str, n: u32) -> Result<Option<FileRecord>, StoreError> {
+        self.inner.get_file(j, t, n).await
+    }
     async fn next_file_number(&self, j: &str, t: &str, e: i64) -> Result<u32, StoreError> {
         self.inner.next_file_number(j, t, e).await
     }

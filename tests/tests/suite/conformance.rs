@@ -886,6 +886,12 @@ async fn put_file_is_idempotent_and_the_last_write_wins(b: &Backend) {
     }
     let mut got = b.store.list_files("j1").await.unwrap();
     got.sort_by(|x, y| (&x.resource_type, x.number).cmp(&(&y.resource_type, y.number)));
+    let one = |t: &'static str, n: u32| async move { b.store.get_file("j1", t, n).await.unwrap() };
+    assert_eq!(one("Patient", 1).await.as_ref(), Some(&p1b));
+    assert_eq!(one("Observation", 10).await.as_ref(), Some(&o10));
+    assert_eq!(one("OperationOutcome", 1).await.as_ref(), Some(&err1));
+    assert_eq!(one("Observation", 1).await, None);
+    assert_eq!(b.store.get_file("j2", "Patient", 1).await.unwrap(), None);
     assert_eq!(got, [o2, o10, err1, p1b]);
     assert!(b.store.list_files("j2").await.unwrap().is_empty());
 }

@@ -713,6 +713,21 @@ impl FileRecords for DynamoJobStore {
         Ok(())
     }
 
+    async fn get_file(
+        &self,
+        job_id: &str,
+        resource_type: &str,
+        number: u32,
+    ) -> Result<Option<FileRecord>, StoreError> {
+        let sk = s(format!("FILE#{resource_type}#{number:08}"));
+        match self.get_item(pk(job_id), sk).await? {
+            Some(item) => serde_json::from_str(attr_str(&item, "doc")?)
+                .map(Some)
+                .map_err(|e| StoreError::Corrupt(e.to_string())),
+            None => Ok(None),
+        }
+    }
+
     async fn list_files(&self, job_id: &str) -> Result<Vec<FileRecord>, StoreError> {
         self.query_prefix(job_id, "FILE#")
             .await?

@@ -306,6 +306,19 @@ impl FileRecords for MemoryJobStore {
         Ok(())
     }
 
+    async fn get_file(
+        &self,
+        job_id: &str,
+        resource_type: &str,
+        number: u32,
+    ) -> Result<Option<FileRecord>, StoreError> {
+        let key = format!("{resource_type}#{number:08}");
+        Ok(lock(&self.state)
+            .jobs
+            .get(job_id)
+            .and_then(|p| p.files.get(&key).cloned()))
+    }
+
     async fn list_files(&self, job_id: &str) -> Result<Vec<FileRecord>, StoreError> {
         let state = lock(&self.state);
         Ok(state

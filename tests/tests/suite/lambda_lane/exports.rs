@@ -64,17 +64,23 @@ impl Client {
         );
     }
 
+    /// Every output file, 16 downloads at a time; counts checked.
     async fn download(&self, manifest: &Value) -> Multiset {
-        let mut bodies = Vec::new();
-        for item in manifest["output"].as_array().unwrap() {
-            let url = item["url"].as_str().unwrap();
-            let resp = self.http.get(url).send().await.unwrap();
-            assert_eq!(resp.status(), 200, "download of {url}");
-            let body = resp.bytes().await.unwrap().to_vec();
-            let lines = body.iter().filter(|b| **b == b'\n').count() as u64;
-            assert_eq!(item["count"].as_u64(), Some(lines), "count of {item}");
-            bodies.push(body);
-        }
+        use futures::StreamExt;
+        let items = manifest["output"].as_array().unwrap().clone();
+        let bodies: Vec<Vec<u8>> = futures::stream::iter(items)
+            .map(|item| async move {
+                let url = item["url"].as_str().unwrap();
+                let resp = self.http.get(url).send().await.unwrap();
+                assert_eq!(resp.status(), 200, "download of {url}");
+                let body = resp.bytes().await.unwrap().to_vec();
+                let lines = body.iter().filter(|b| **b == b'\n').count() as u64;
+                assert_eq!(item["count"].as_u64(), Some(lines), "count of {item}");
+                body
+            })
+            .buffer_unordered(16)
+            .collect()
+            .await;
         multiset(bodies.iter().map(Vec::as_slice))
     }
 }
@@ -169,5 +175,105 @@ async fn exports_complete_through_the_function_processes() {
         stats.sent_to_destination.load(Ordering::SeqCst),
     );
     assert!(worker.killed_mid_invocation.load(Ordering::SeqCst) >= 1);
+    lane.assert_iam_clean();
+}
+
+/// 20,000 patients, one Group of all of them, and per other type one
+/// resource for every 50th patient: a Group export queried 50 members at a
+/// time writes one file per type and batch.
+fn large_group_source(dir: &std::path::Path, patients: usize, types: &[&str]) -> Multiset {
+    use std::fmt::Write;
+    std::fs::create_dir_all(dir).unwrap();
+    let meta = r#""meta":{"lastUpdated":"2024-01-01T00:00:00.000Z"}"#;
+    let mut expected = Multiset::new();
+    let mut patient_lines = String::new();
+    let mut members = Vec::new();
+    for i in 0..patients {
+        let id = format!("p{i:05}");
+        writeln!(
+            patient_lines,
+            r#"{{"resourceType":"Patient","id":"{id}",{meta}}}"#
+        )
+        .unwrap();
+        members.push(format!(r#"{{"entity":{{"reference":"Patient/{id}"}}}}"#));
+        expected.insert(("Patient".into(), id), 1);
+    }
+    std::fs::write(dir.join("Patient.ndjson"), patient_lines).unwrap();
+    let group = format!(
+        r#"{{"resourceType":"Group","id":"large","type":"person","actual":true,{meta},"member":[{}]}}"#,
+        members.join(",")
+    );
+    std::fs::write(dir.join("Group.ndjson"), group + "\n").unwrap();
+    for ty in types.iter().filter(|t| **t != "Patient") {
+        let field = match *ty {
+            "Immunization" | "AllergyIntolerance" => "patient",
+            _ => "subject",
+        };
+        let mut lines = String::new();
+        for i in (0..patients).step_by(50) {
+            let id = format!("{}-{i:05}", ty.to_lowercase());
+            writeln!(
+                lines,
+                r#"{{"resourceType":"{ty}","id":"{id}",{meta},"{field}":{{"reference":"Patient/p{i:05}"}}}}"#
+            )
+            .unwrap();
+            expected.insert((ty.to_string(), id), 1);
+        }
+        std::fs::write(dir.join(format!("{ty}.ndjson")), lines).unwrap();
+    }
+    expected
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_of_20000_members_exports_over_5000_files_through_the_functions() {
+    let types = [
+        "Patient",
+        "Observation",
+        "Condition",
+        "Encounter",
+        "Procedure",
+        "Immunization",
+        "AllergyIntolerance",
+        "MedicationRequest",
+        "DiagnosticReport",
+        "CarePlan",
+        "Goal",
+        "DocumentReference",
+        "ServiceRequest",
+        "CareTeam",
+    ];
+    let dir = TempDir::new("lane-group");
+    let src = dir.0.join("src");
+    let expected = large_group_source(&src, 20_000, &types);
+    let fixture = start_fixture(&src, FixtureOptions::default())
+        .await
+        .unwrap();
+    let mut opts = LaneOptions::new(fixture.base_url().to_string());
+    opts.worker_concurrency = 8;
+    let lane = Lane::start(opts).await;
+    let client = Client {
+        http: reqwest::Client::new(),
+        token: lane.token("system/*.read"),
+    };
+    let started = std::time::Instant::now();
+    let status = client
+        .kickoff(&format!(
+            "{}/Group/large/$export?_type={}",
+            lane.url,
+            types.join(",")
+        ))
+        .await;
+    let kickoff_secs = started.elapsed().as_secs_f64();
+    let manifest = client.wait(&lane, &status).await;
+    let export_secs = started.elapsed().as_secs_f64();
+    let files = manifest["output"].as_array().unwrap().len();
+    assert!(files > 5_000, "{files} files");
+    let manifest_bytes = manifest.to_string().len();
+    let got = client.download(&manifest).await;
+    assert_eq!(got, expected, "every member's resources exactly once");
+    println!(
+        "lane: Group of 20,000 members, {} resources in {files} files; kick-off {kickoff_secs:.1} s, export {export_secs:.1} s, manifest {manifest_bytes} bytes",
+        got.len()
+    );
     lane.assert_iam_clean();
 }
