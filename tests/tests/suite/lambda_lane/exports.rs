@@ -58,7 +58,8 @@ impl Client {
             }
         }
         panic!(
-            "export did not complete in 5 min\nworker log:\n{}\nstatus log:\n{}",
+            "export did not complete in 5 min\n{}\nworker log:\n{}\nstatus log:\n{}",
+            lane.iam.report(),
             lane.log_tail("chunk-worker"),
             lane.log_tail("status")
         );
@@ -94,13 +95,32 @@ fn only_types(m: &Multiset, types: &[&str]) -> Multiset {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exports_complete_through_the_function_processes() {
+    exports_through_the_functions(false, 400).await;
+}
+
+/// The same with `KmsKeyArn` set: every S3 write then needs the key's data
+/// key and every read (presigned downloads included) its decryption, under
+/// the role of the function that makes (or signed) the call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exports_complete_with_a_kms_key() {
+    exports_through_the_functions(true, 120).await;
+}
+
+async fn exports_through_the_functions(kms: bool, patients: u64) {
     let dir = TempDir::new("lane-src");
     let src = dir.0.join("src");
-    generate(&src, 400, 17).unwrap();
+    generate(&src, patients, 17).unwrap();
     let fixture = start_fixture(&src, FixtureOptions::default())
         .await
         .unwrap();
-    let lane = Lane::start(LaneOptions::new(fixture.base_url().to_string())).await;
+    let mut opts = LaneOptions::new(fixture.base_url().to_string());
+    opts.kms = kms;
+    let lane = Lane::start(opts).await;
+    assert_eq!(lane.kms_key.is_some(), kms);
+    let resp = reqwest::get(format!("{}/metadata", lane.url))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "the public CapabilityStatement");
     let client = Client {
         http: reqwest::Client::new(),
         token: lane.token("system/*.read"),
@@ -176,6 +196,21 @@ async fn exports_complete_through_the_function_processes() {
     );
     assert!(worker.killed_mid_invocation.load(Ordering::SeqCst) >= 1);
     lane.assert_iam_clean();
+    if kms {
+        let calls = lane.iam.calls.lock().unwrap();
+        for (function, action) in [
+            ("chunk-worker", "kms:GenerateDataKey"),
+            ("chunk-worker", "kms:Decrypt"),
+            ("StatusFunction", "kms:Decrypt"),
+        ] {
+            assert!(
+                calls
+                    .keys()
+                    .any(|(f, a, _)| f.ends_with(function) && a == action),
+                "{function} calls {action}"
+            );
+        }
+    }
 }
 
 /// 20,000 patients, one Group of all of them, and per other type one

@@ -58,7 +58,7 @@ fn folded(resource: &str) -> String {
 }
 
 impl Iam {
-    pub async fn start(stack: &TranslatedStack, bucket: &str) -> Self {
+    pub async fn start(stack: &TranslatedStack, bucket: &str, kms_key: Option<&str>) -> Self {
         let dir = repo_root().join("tests/lambda-lane/iam");
         assert!(
             dir.join("node_modules/@cloud-copilot/iam-simulate")
@@ -87,6 +87,18 @@ impl Iam {
         let mut policies = serde_json::Map::new();
         if let Some(p) = &stack.bucket_policy {
             policies.insert(format!("arn:aws:s3:::{bucket}"), p.clone());
+        }
+        if let Some(key) = kms_key {
+            // A key created without a policy gets KMS's default key policy,
+            // which lets the account's IAM policies grant its use.
+            let account = key.split(':').nth(4).unwrap_or("");
+            policies.insert(
+                key.to_string(),
+                json!({"Version": "2012-10-17", "Statement": [{
+                    "Sid": "Enable IAM User Permissions", "Effect": "Allow",
+                    "Principal": {"AWS": format!("arn:aws:iam::{account}:root")},
+                    "Action": "kms:*", "Resource": "*"}]}),
+            );
         }
         let setup = json!({"roles": docs, "resourcePolicies": policies});
         stdin

@@ -246,7 +246,7 @@ impl LambdaService {
 
 fn error_payload(e: &InvokeError) -> Bytes {
     let (kind, message) = match e {
-        InvokeError::Function { body, .. } => return body.clone(),
+        InvokeError::Function(body) => return body.clone(),
         InvokeError::Runtime(m) => ("Runtime.ExitError", m.clone()),
         InvokeError::Timeout => ("Sandbox.Timedout", "Task timed out".to_string()),
         InvokeError::ResponseTooLarge(n) => (

@@ -60,7 +60,6 @@ pub struct Lane {
     pub stack: TranslatedStack,
     pub iam: Arc<Iam>,
     pub lambda: Arc<LambdaService>,
-    pub objects: S3ObjectStore,
     pub kms_key: Option<String>,
     _moto: Option<Moto>,
     _dir: TempDir,
@@ -176,8 +175,10 @@ impl Lane {
                 .force_path_style(true)
                 .build(),
         );
-        let objects = S3ObjectStore::new(s3, &bucket);
-        objects.ensure_bucket().await.unwrap();
+        S3ObjectStore::new(s3, &bucket)
+            .ensure_bucket()
+            .await
+            .unwrap();
 
         let (gw_listener, url) = listener();
         let mut parameters = BTreeMap::from([
@@ -204,7 +205,7 @@ impl Lane {
             parameters,
         };
         let stack = stack::translate(&names);
-        let iam = Arc::new(Iam::start(&stack, &bucket).await);
+        let iam = Arc::new(Iam::start(&stack, &bucket, kms_key.as_deref()).await);
         let log_dir = repo_root().join("target/lambda-lane").join(&name);
         std::fs::create_dir_all(&log_dir).unwrap();
 
@@ -285,7 +286,6 @@ impl Lane {
             stack,
             iam,
             lambda,
-            objects,
             kms_key,
             _moto: moto,
             _dir: dir,

@@ -22,8 +22,8 @@ pub const MAX_SYNC_RESPONSE: usize = 6 * 1024 * 1024;
 /// How an invocation ended when it did not return a result.
 #[derive(Debug, Clone)]
 pub enum InvokeError {
-    /// The handler returned an error (`/error`).
-    Function { kind: String, body: Bytes },
+    /// The handler returned an error (`/error`) with its body.
+    Function(Bytes),
     /// The process exited, failed init, or was killed.
     Runtime(String),
     /// The function overran its timeout.
@@ -220,7 +220,7 @@ impl FunctionPool {
         if inv.is_some() {
             self.pending.fetch_sub(1, Ordering::SeqCst);
         }
-        inv.map(|inv| {
+        inv.inspect(|inv| {
             let timeout = Duration::from_secs(self.spec.timeout_seconds);
             let pool = self.clone();
             let rid = inv.request_id.clone();
@@ -229,7 +229,6 @@ impl FunctionPool {
                 tokio::time::sleep(timeout).await;
                 pool.time_out(process, &rid);
             });
-            inv
         })
     }
 
@@ -249,7 +248,7 @@ impl FunctionPool {
         let Some(p) = procs.get_mut(&process) else {
             return false;
         };
-        if !p.in_flight.as_ref().is_some_and(|(r, _)| r == request) {
+        if p.in_flight.as_ref().is_none_or(|(r, _)| r != request) {
             return false;
         }
         let (_, inflight) = p.in_flight.take().unwrap();
@@ -315,12 +314,6 @@ async fn runtime_route(
     else {
         return reply(StatusCode::NOT_FOUND, r#"{"errorMessage":"unknown path"}"#);
     };
-    let error_type = req
-        .headers()
-        .get("lambda-runtime-function-error-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("Unhandled")
-        .to_string();
     let body = match Limited::new(req.into_body(), MAX_SYNC_RESPONSE + 1)
         .collect()
         .await
@@ -333,10 +326,7 @@ async fn runtime_route(
             Err(InvokeError::ResponseTooLarge(body.len()))
         }
         "response" => Ok(body),
-        "error" => Err(InvokeError::Function {
-            kind: error_type,
-            body,
-        }),
+        "error" => Err(InvokeError::Function(body)),
         _ => return reply(StatusCode::NOT_FOUND, r#"{"errorMessage":"unknown path"}"#),
     };
     let too_large = matches!(result, Err(InvokeError::ResponseTooLarge(_)));

@@ -111,20 +111,6 @@ impl TranslatedStack {
             other => other.to_string(),
         }
     }
-
-    pub fn function_by_name(&self, name_or_arn: &str) -> Option<&FunctionSpec> {
-        let name = name_or_arn.rsplit(':').next().unwrap_or(name_or_arn);
-        self.functions
-            .values()
-            .find(|f| f.name == name || f.arn == name_or_arn)
-    }
-
-    pub fn by_binary(&self, binary: &str) -> &FunctionSpec {
-        self.functions
-            .values()
-            .find(|f| f.binary == binary)
-            .unwrap_or_else(|| panic!("template has no function with binary {binary}"))
-    }
 }
 
 pub fn repo_root() -> PathBuf {
