@@ -19,6 +19,7 @@ use aws_sdk_dynamodb::types::{
 use std::collections::HashMap;
 use std::sync::Arc;
 
+mod active;
 mod members;
 
 const JOB_SK: &str = "JOB";
@@ -27,6 +28,8 @@ const JOB_SK: &str = "JOB";
 const BATCH_WRITE_ITEMS: usize = 25;
 /// BatchWriteItem requests in flight at once when a job is created.
 const BATCH_WRITES_AT_ONCE: usize = 8;
+/// Job reads in flight at once when the active-job registry is read.
+const REGISTRY_READS_AT_ONCE: usize = 16;
 /// Sends of one batch before its unprocessed items are an error.
 const BATCH_WRITE_ATTEMPTS: u32 = 8;
 
@@ -354,6 +357,38 @@ impl DynamoJobStore {
         Ok(())
     }
 
+    /// Lists a job in the active-job registry (before its item exists).
+    async fn register(&self, job: &Job) -> Result<(), StoreError> {
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        self.client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(active::REGISTRY_PK))
+            .key("sk", s(active::REGISTRY_SK))
+            .update_expression("ADD #ids :e")
+            .expression_attribute_names("#ids", active::IDS_ATTR)
+            .expression_attribute_values(":e", AttributeValue::Ss(vec![active::entry(job, now)]))
+            .send()
+            .await
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    async fn unregister(&self, entries: Vec<String>) -> Result<(), StoreError> {
+        self.client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(active::REGISTRY_PK))
+            .key("sk", s(active::REGISTRY_SK))
+            .update_expression("DELETE #ids :e")
+            .expression_attribute_names("#ids", active::IDS_ATTR)
+            .expression_attribute_values(":e", AttributeValue::Ss(entries))
+            .send()
+            .await
+            .map_err(backend)?;
+        Ok(())
+    }
+
     /// A job from its item, with members stored beside it joined back in.
     async fn job_from_item(&self, item: &Item) -> Result<Job, StoreError> {
         let mut job = decode_job(item)?;
@@ -434,32 +469,45 @@ impl JobReads for DynamoJobStore {
     }
 
     async fn active_jobs(&self) -> Result<Vec<Job>, StoreError> {
-        let items = all_pages(|start| async move {
-            let resp = self
-                .client
-                .scan()
-                .table_name(&self.table)
-                .filter_expression(
-                    "sk = :job AND (#st = :q OR #st = :r OR (#st = :c AND remaining > :zero))",
-                )
-                .expression_attribute_names("#st", "status")
-                .expression_attribute_values(":job", s(JOB_SK))
-                .expression_attribute_values(":q", s(JobStatus::Queued.as_str()))
-                .expression_attribute_values(":r", s(JobStatus::Running.as_str()))
-                .expression_attribute_values(":c", s(JobStatus::Cancelled.as_str()))
-                .expression_attribute_values(":zero", n(0))
-                .consistent_read(true)
-                .set_exclusive_start_key(start)
-                .send()
-                .await
-                .map_err(backend)?;
-            Ok((resp.items.unwrap_or_default(), resp.last_evaluated_key))
-        })
-        .await?;
-        let mut jobs = Vec::with_capacity(items.len());
-        for item in &items {
-            jobs.push(self.job_from_item(item).await?);
+        use futures::{StreamExt, TryStreamExt};
+        let registry = self
+            .get_item(s(active::REGISTRY_PK), s(active::REGISTRY_SK))
+            .await?;
+        let entries = active::entries(registry.as_ref());
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let read: Vec<(String, Option<Job>)> = futures::stream::iter(entries)
+            .map(|entry| async move {
+                let Some((_, id)) = active::parse(&entry) else {
+                    return Ok((entry, None));
+                };
+                let job = self.get_job(id).await?;
+                Ok::<_, StoreError>((entry, job))
+            })
+            .buffer_unordered(REGISTRY_READS_AT_ONCE)
+            .try_collect()
+            .await?;
+        let mut jobs = Vec::new();
+        let mut finished = Vec::new();
+        for (entry, job) in read {
+            match job {
+                Some(job) if active::is_active(&job) => jobs.push(job),
+                Some(_) => finished.push(entry),
+                None => {
+                    let old = active::parse(&entry)
+                        .is_none_or(|(t, _)| t < now - active::MISSING_GRACE_SECS);
+                    if old {
+                        finished.push(entry);
+                    }
+                }
+            }
         }
+        if !finished.is_empty() {
+            // Best effort: a later reader drops them otherwise.
+            if let Err(e) = self.unregister(finished).await {
+                tracing::warn!(error = %e, "could not prune the active-job registry");
+            }
+        }
+        jobs.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(jobs)
     }
 
@@ -483,7 +531,11 @@ impl JobReads for DynamoJobStore {
 #[async_trait]
 impl JobWrites for DynamoJobStore {
     async fn create_job(&self, job: &Job, chains: &[Chain]) -> Result<(), StoreError> {
-        // Chains and members first: a job item only exists once they do.
+        // Registry, chains and members first: a job item only exists once
+        // they do. A job that starts complete (no chains) is never active.
+        if active::is_active_when_created(job, chains.len()) {
+            self.register(job).await?;
+        }
         self.put_chains(job, chains).await?;
         let (stored, spilled) = members::split(job);
         let member_items = match spilled {
