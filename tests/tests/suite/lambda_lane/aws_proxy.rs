@@ -35,22 +35,9 @@ pub struct Proxy {
 type Body = Full<Bytes>;
 
 pub fn serve(listener: tokio::net::TcpListener, proxy: Arc<Proxy>) {
-    tokio::spawn(async move {
-        loop {
-            let Ok((socket, _)) = listener.accept().await else {
-                continue;
-            };
-            let proxy = proxy.clone();
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |req| {
-                    let proxy = proxy.clone();
-                    async move { Ok::<_, std::convert::Infallible>(proxy.handle(req).await) }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(socket), svc)
-                    .await;
-            });
-        }
+    super::serve_http(listener, move |req| {
+        let proxy = proxy.clone();
+        async move { proxy.handle(req).await }
     });
 }
 

@@ -233,22 +233,9 @@ fn http_response(out: &[u8]) -> Response<Body> {
 
 impl Gateway {
     pub fn serve(self: Arc<Self>, listener: tokio::net::TcpListener) {
-        tokio::spawn(async move {
-            loop {
-                let Ok((socket, _)) = listener.accept().await else {
-                    continue;
-                };
-                let gw = self.clone();
-                tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(move |req| {
-                        let gw = gw.clone();
-                        async move { Ok::<_, std::convert::Infallible>(gw.handle(req).await) }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(hyper_util::rt::TokioIo::new(socket), svc)
-                        .await;
-                });
-            }
+        super::serve_http(listener, move |req| {
+            let gw = self.clone();
+            async move { gw.handle(req).await }
         });
     }
 

@@ -320,6 +320,34 @@ impl Lane {
     }
 }
 
+/// Serves HTTP/1 on `listener`: every request of every connection through
+/// `handle` (the Runtime API, the AWS proxies and the gateway).
+fn serve_http<F, Fut>(listener: tokio::net::TcpListener, handle: F) -> tokio::task::JoinHandle<()>
+where
+    F: Fn(http::Request<hyper::body::Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = http::Response<http_body_util::Full<bytes::Bytes>>>
+        + Send
+        + 'static,
+{
+    tokio::spawn(async move {
+        loop {
+            let Ok((socket, _)) = listener.accept().await else {
+                continue;
+            };
+            let handle = handle.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req| {
+                    let answer = handle(req);
+                    async move { Ok::<_, std::convert::Infallible>(answer.await) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(socket), svc)
+                    .await;
+            });
+        }
+    })
+}
+
 /// EventBridge Scheduler: every enabled schedule of the template fires as an
 /// asynchronous invocation (`rate(1 minute)` at the lane's pace).
 fn start_schedules(

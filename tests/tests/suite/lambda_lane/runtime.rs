@@ -190,7 +190,11 @@ impl FunctionPool {
         );
         self.live.fetch_add(1, Ordering::SeqCst);
         self.started.fetch_add(1, Ordering::SeqCst);
-        let server = tokio::spawn(serve_runtime_api(listener, self.clone(), id));
+        let pool = self.clone();
+        let server = super::serve_http(listener, move |req| {
+            let pool = pool.clone();
+            async move { runtime_route(&pool, id, req).await }
+        });
         let pool = self.clone();
         tokio::spawn(async move {
             let status = child.wait().await;
@@ -271,24 +275,6 @@ fn reply(status: StatusCode, body: &'static str) -> Response<Body> {
         .header("content-type", "application/json")
         .body(Full::new(Bytes::from_static(body.as_bytes())))
         .unwrap()
-}
-
-async fn serve_runtime_api(listener: tokio::net::TcpListener, pool: Arc<FunctionPool>, id: u64) {
-    loop {
-        let Ok((socket, _)) = listener.accept().await else {
-            return;
-        };
-        let pool = pool.clone();
-        tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req| {
-                let pool = pool.clone();
-                async move { Ok::<_, std::convert::Infallible>(runtime_route(&pool, id, req).await) }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(hyper_util::rt::TokioIo::new(socket), svc)
-                .await;
-        });
-    }
 }
 
 async fn runtime_route(
