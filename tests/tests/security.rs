@@ -300,15 +300,7 @@ async fn tokens_isolation_scopes_and_logs() {
             "tampered presigned URL answered {tampered}"
         );
     }
-    let expires_in: u64 = url
-        .split("X-Amz-Expires=")
-        .nth(1)
-        .unwrap()
-        .split('&')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let expires_in: u64 = query_param(url, "X-Amz-Expires");
     assert_eq!(expires_in, 300, "download URLs live 5 minutes");
 
     // Scopes: Observation only.

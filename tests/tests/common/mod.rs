@@ -187,6 +187,21 @@ pub async fn kickoff(base: &str, query: &str) -> String {
     }
 }
 
+/// The value of query parameter `name` in `url`, parsed.
+pub fn query_param<T: std::str::FromStr>(url: &str, name: &str) -> T
+where
+    T::Err: std::fmt::Debug,
+{
+    url.split(&format!("{name}="))
+        .nth(1)
+        .unwrap_or_else(|| panic!("{url} has no {name}"))
+        .split('&')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
 /// The body of a GET of `url`, as text.
 pub async fn fetch_text(url: &str) -> String {
     http().get(url).send().await.unwrap().text().await.unwrap()

@@ -580,15 +580,7 @@ async fn large_manifests_list_compact_signed_links_that_redirect_until_they_expi
         "0"
     };
     flipped.replace_range(sig_at..sig_at + 1, c);
-    let expires: i64 = urls[0]
-        .split("expires=")
-        .nth(1)
-        .unwrap()
-        .split('&')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let expires: i64 = query_param(&urls[0], "expires");
     let cases = [
         ("signature", flipped),
         (
